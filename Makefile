@@ -1,0 +1,30 @@
+# Two commands do everything on a fresh machine:
+#   make pipeline   set up .venv, then run the default (digits) pipeline with Snakemake
+#   make test       set up .venv, then run ruff and the whole test suite
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.rfpp-installed
+
+.PHONY: setup test pipeline lint bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+
+pipeline: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores all
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_core.py

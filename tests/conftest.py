@@ -1,0 +1,38 @@
+"""Shared fixtures: the reference implementation's golden vectors in ../shared/golden."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+GOLDEN_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+NETWORK_CASES = ["songunet_ncsnpp", "songunet_ddpmpp_cond", "dhariwalunet_cond"]
+
+
+def load_golden(name: str) -> dict:
+    path = GOLDEN_DIR / f"{name}.pt"
+    if not path.exists():
+        pytest.fail(f"golden file {path} is missing: the shared/ folder must sit beside the repository")
+    return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def golden_nets():
+    """name -> (float64 network with the golden weights, in eval mode; the golden dict)."""
+    from rfpp.nets import build_network
+
+    out = {}
+    for name in NETWORK_CASES:
+        ref = load_golden(name)
+        net = build_network(ref["arch"], **ref["config"]).double().eval()
+        net.load_state_dict(ref["state_dict"], strict=True)
+        out[name] = (net, ref)
+    return out
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖ in float64."""
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
