@@ -1,0 +1,137 @@
+"""rfpp's model file: an EDM-compatible network plus what is needed to rebuild it, loaded safely.
+
+A model file is a `torch.save`d dict (loaded with `weights_only=True`, so nothing in it executes):
+    {"format": "rfpp.model", "version": 1, "arch": "SongUNet" | "DhariwalUNet",
+     "net_kwargs": EDM's constructor arguments, "sigma_data": 0.5, "state_dict": the network's weights,
+     "meta": free-form provenance (source, sha256 of the source, training steps, …)}
+The network is always used as an EDM denoiser and, for rectified flows, in velocity form.
+Writes are atomic (temporary name in the same folder, then rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rfpp.nets import ARCHITECTURES, EDMDenoiser, EDMVelocity, build_network
+
+FORMAT = "rfpp.model"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A model file that is missing, truncated, of another format or of another architecture."""
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """torch.save to a temporary file beside `path`, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def safe_torch_load(path: str | Path, what: str = "checkpoint") -> Any:
+    """torch.load(weights_only=True) with messages that name the file and the remedy."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{what} {path} does not exist; check the path (or run the stage that makes it)")
+    if path.is_dir():
+        raise CheckpointError(f"{what} {path} is a directory, not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{what} {path} is truncated or not a PyTorch checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200]}); delete it and re-create or re-download it") from err
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def net_spec(net: nn.Module) -> tuple[str, dict[str, Any]]:
+    """(architecture name, constructor kwargs) of an rfpp network."""
+    arch = type(net).__name__
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"cannot save a {arch}: only {sorted(ARCHITECTURES)} networks are supported")
+    return arch, dict(net.config)
+
+
+def save_model(path: str | Path, net: nn.Module, sigma_data: float = 0.5, meta: dict | None = None) -> Path:
+    """Write an rfpp model file for `net` (its weights as they are now, in float32)."""
+    arch, kwargs = net_spec(net)
+    state = {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()
+             for k, v in net.state_dict().items()}
+    payload = {"format": FORMAT, "version": VERSION, "arch": arch, "net_kwargs": kwargs,
+               "sigma_data": float(sigma_data), "state_dict": state, "meta": dict(meta or {})}
+    return atomic_torch_save(payload, path)
+
+
+def load_state_strict(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict(strict=True) with an error that lists what differs and says what to do."""
+    ours = net.state_dict()
+    missing = sorted(set(ours) - set(state))
+    unexpected = sorted(set(state) - set(ours))
+    shapes = sorted(k for k in set(ours) & set(state) if tuple(ours[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} of another shape (e.g. {k}: file {tuple(state[k].shape)} vs network "
+                         f"{tuple(ours[k].shape)})")
+        raise CheckpointError(f"{source} holds a network of another architecture or configuration: "
+                              f"{'; '.join(parts)}. Use the configuration the checkpoint was made with.")
+    net.load_state_dict(state, strict=True)
+
+
+def load_model(path: str | Path, expect_arch: str | None = None,
+               expect_kwargs: dict[str, Any] | None = None) -> tuple[EDMVelocity, dict[str, Any]]:
+    """Read an rfpp model file -> (EDMVelocity in eval mode on the CPU, the file's dict without weights).
+
+    `expect_arch`/`expect_kwargs` guard against a checkpoint of another architecture.
+    """
+    payload = safe_torch_load(path, "model file")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an rfpp model file (no 'format: {FORMAT}' record); "
+                              "EDM snapshots are read with rfpp.teachers.load_edm_snapshot")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path} is an rfpp model file of version {payload.get('version')}; "
+                              f"this rfpp reads version {VERSION}")
+    arch, kwargs = payload["arch"], dict(payload["net_kwargs"])
+    if expect_arch is not None and arch != expect_arch:
+        raise CheckpointError(f"{path} holds a {arch}, but a {expect_arch} was expected")
+    if expect_kwargs:
+        diff = {k: (kwargs.get(k), v) for k, v in expect_kwargs.items() if kwargs.get(k) != v}
+        if diff:
+            key, (got, want) = next(iter(diff.items()))
+            raise CheckpointError(f"{path} holds a network with {key}={got!r}, but {want!r} was expected")
+    net = build_network(arch, **kwargs)
+    load_state_strict(net, payload["state_dict"], str(path))
+    velocity = EDMVelocity(EDMDenoiser(net, sigma_data=payload.get("sigma_data", 0.5))).eval()
+    info = {k: v for k, v in payload.items() if k != "state_dict"}
+    return velocity, info
