@@ -1,0 +1,38 @@
+"""Shared CLI pieces: profile/override options, config resolution, errors and exit codes."""
+
+from __future__ import annotations
+
+import typer
+
+from rfpp.config import Config, ConfigError, load_config
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_MISSING_STAGE = 3
+
+ProfileOpt = typer.Option("digits", "--profile", "-p", help="Profile name in params/ or a YAML path.")
+OverridesArg = typer.Argument(None, help="Dotted overrides, e.g. train.lr=1e-4 sample.nfe=[1,2].")
+DryRunOpt = typer.Option(False, "--dry-run", help="Print the resolved configuration and exit.")
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> None:
+    """Print `error: message` on stderr and exit with `code`."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def resolve(profile: str, overrides: list[str] | None, dry_run: bool) -> Config:
+    """Load and validate the configuration; print it and stop when `dry_run`."""
+    try:
+        config = load_config(profile, overrides or [])
+    except ConfigError as err:
+        fail(str(err), EXIT_USAGE)
+    if dry_run:
+        typer.echo(config.to_yaml().rstrip())
+        raise typer.Exit(0)
+    return config
+
+
+def not_built(stage: str, issue: int) -> None:
+    fail(f"the '{stage}' stage is not built yet in this version of rfpp (tracked in issue #{issue}); "
+         "the pipeline stops here", EXIT_MISSING_STAGE)
