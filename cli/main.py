@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from cli import evaluate, pairs, teacher, train
+from cli import evaluate, features, pairs, teacher, train
 from cli.common import OverridesArg, ProfileOpt, resolve
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -25,7 +25,7 @@ def config(profile: str = ProfileOpt, overrides: list[str] = OverridesArg) -> No
     resolve(profile, overrides, dry_run=True)
 
 
-for module in (teacher, pairs, train, evaluate):
+for module in (teacher, features, pairs, train, evaluate):
     module.register(app)
 
 

@@ -90,6 +90,7 @@ class TrainConfig:
     compile: bool = False
     ckpt_every: int = 500
     keep_last: int = 2
+    perceptual: str = "lpips-vgg16"
 
 
 @dataclass
