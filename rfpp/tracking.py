@@ -1,0 +1,460 @@
+"""MLflow tracking for every stage run: one experiment per profile, one run per stage invocation.
+
+Layout in MLflow (robust across processes; every stage is its own process under Snakemake/DVC):
+
+- experiment ``rfpp-<profile>``;
+- one *parent* run per session, found by a tag search (``rfpp.parent = "1"``, ``rfpp.profile``,
+  ``rfpp.group``) or created if absent. The group defaults to the absolute ``results/<profile>``
+  directory (override with ``RFPP_TRACKING_GROUP`` or ``start_run(..., group=...)``); the parent is
+  marked FINISHED at once and only groups its children. If two processes create it concurrently,
+  both then pick the earliest (start time, run id) and an empty duplicate is deleted;
+- one *child* run per stage invocation, tagged ``mlflow.parentRunId`` (the UI nests it under the
+  parent), ``rfpp.profile``, ``rfpp.stage``, ``rfpp.arm`` (where there is one), ``rfpp.group``,
+  ``rfpp.code_version`` (``<rfpp.__version__>+<git sha>[-dirty]`` or ``+unknown``) and
+  ``mlflow.source.git.commit``. Select the children of one parent in the UI and "compare".
+
+The tracking URI is ``MLFLOW_TRACKING_URI`` when set, otherwise MLflow's own default, i.e. exactly
+the store that ``mlflow ui`` / ``mlflow server`` opens without arguments in the same directory
+(``sqlite:///mlflow.db`` in the current directory in MLflow 3; artifacts of runs logged straight
+to that store go to ``./mlruns/``, artifacts uploaded through a server to ``./mlartifacts/``).
+``RFPP_TRACKING=off`` turns every call into a no-op (``run.run_id`` is then None).
+
+Metrics are buffered and sent with ``log_batch`` every ``RFPP_TRACKING_FLUSH_SECS`` seconds
+(default 15) or 1000 values, and at the end of the run. Once a run has started, tracking failures
+never reach the caller: the first is logged as a warning and later calls keep trying (after a pause).
+A store that cannot be used at start raises ``TrackingError`` naming the URI and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import getpass
+import logging
+import os
+import posixpath
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import rfpp
+
+# Keep MLflow offline and quiet: no usage telemetry, no agent hints. Set before mlflow is imported
+# (its telemetry client starts at import); an explicit user setting wins.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_DISABLE_AGENT_HINT", "1")
+
+__all__ = ["NullRun", "TrackedRun", "TrackingError", "code_version", "start_run", "tracking_enabled", "tracking_uri"]
+
+_log = logging.getLogger(__name__)
+
+ENV_SWITCH = "RFPP_TRACKING"
+ENV_GROUP = "RFPP_TRACKING_GROUP"
+ENV_FLUSH_SECS = "RFPP_TRACKING_FLUSH_SECS"
+_OFF = {"off", "0", "false", "no", "disabled", "none"}
+
+MAX_KEY = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
+MAX_PARAM_VALUE = 6000  # MAX_PARAM_VAL_LENGTH
+MAX_TAG_VALUE = 8000  # MAX_TAG_VAL_LENGTH
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+_MAX_BUFFER = 100_000  # metrics kept while the store is unreachable
+_RETRY_PAUSE_S = 60.0
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message names the URI and how to fix it."""
+
+
+def tracking_enabled() -> bool:
+    """False when ``RFPP_TRACKING`` is off/0/false/no."""
+    return os.environ.get(ENV_SWITCH, "on").strip().lower() not in _OFF
+
+
+def _mlflow() -> Any:
+    import mlflow
+
+    return mlflow
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else MLflow's default (what ``mlflow ui`` opens here), absolute."""
+    return _mlflow().get_tracking_uri()
+
+
+@functools.lru_cache(maxsize=1)
+def _git_state() -> tuple[str, bool]:
+    """(commit sha or 'unknown', dirty) of the working tree holding the rfpp package."""
+    root = Path(rfpp.__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=5, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+    if not re.fullmatch(r"[0-9a-f]{40,64}", sha):
+        return "unknown", False
+    return sha, bool(status.strip())
+
+
+def code_version() -> str:
+    """``<rfpp.__version__>+<12-char git sha>[-dirty]``, or ``<version>+unknown`` outside git."""
+    sha, dirty = _git_state()
+    if sha == "unknown":
+        return f"{rfpp.__version__}+unknown"
+    return f"{rfpp.__version__}+{sha[:12]}{'-dirty' if dirty else ''}"
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mapping -> {dotted.key: str(value)}; an empty mapping stays as '{}'."""
+    out: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, Mapping):
+            out[name] = "{}"
+        elif isinstance(value, tuple):
+            out[name] = str(list(value))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def _key(name: str) -> str:
+    """A valid MLflow key: allowed characters only, at most 250 of them."""
+    return re.sub(r"[^\w\-. /:]", "_", str(name))[:MAX_KEY]
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def _config_yaml(config: Any) -> str:
+    if hasattr(config, "to_yaml"):
+        return config.to_yaml()
+    return yaml.safe_dump(_config_dict(config), sort_keys=False)
+
+
+class NullRun:
+    """What ``start_run`` yields when tracking is off: accepts every call, records nothing."""
+
+    run_id: str | None = None
+    parent_run_id: str | None = None
+    experiment_id: str | None = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """No-op."""
+
+    def log_config(self, config: Any) -> None:
+        """No-op."""
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """No-op."""
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """No-op."""
+
+    def log_image_file(self, png_path: str | os.PathLike[str], artifact_path: str | None = "samples") -> None:
+        """No-op."""
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """No-op."""
+
+    def flush(self) -> None:
+        """No-op."""
+
+
+class TrackedRun(NullRun):
+    """One live MLflow run; every method swallows tracking failures (warned once)."""
+
+    def __init__(self, client: Any, run_id: str, experiment_id: str, parent_run_id: str | None,
+                 flush_secs: float = 15.0) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.flush_secs = flush_secs
+        self._buffer: list[Any] = []
+        self._lock = threading.Lock()
+        self._last_flush = time.monotonic()
+        self._paused_until = 0.0
+        self._warned = False
+        self.failures = 0
+        self.dropped = 0
+
+    # -- failure handling -------------------------------------------------------------------------
+    def _failed(self, what: str, err: BaseException) -> None:
+        self.failures += 1
+        self._paused_until = time.monotonic() + _RETRY_PAUSE_S
+        if not self._warned:
+            self._warned = True
+            _log.warning("MLflow tracking failed (%s) for run %s: %s: %s; the run goes on, later tracking "
+                         "calls keep trying", what, self.run_id, type(err).__name__, err)
+
+    def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> bool:
+        try:
+            fn(*args, **kwargs)
+            return True
+        except Exception as err:  # never crash the caller once the run is up
+            self._failed(what, err)
+            return False
+
+    # -- API --------------------------------------------------------------------------------------
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log (nested → dotted) parameters; values are truncated to MLflow's limit."""
+        from mlflow.entities import Param
+
+        flat = flatten(params)
+        items = [Param(_key(k), v[:MAX_PARAM_VALUE]) for k, v in flat.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self._guard("log_params", self.client.log_batch, self.run_id, params=items[i:i + MAX_PARAMS_PER_BATCH],
+                        synchronous=True)
+
+    def log_config(self, config: Any) -> None:
+        """Log the resolved config as dotted params and as the artifact ``config.yaml``."""
+        try:
+            values = _config_dict(config)
+            text = _config_yaml(config)
+        except Exception as err:
+            self._failed("log_config", err)
+            return
+        self.log_params(values)
+        with tempfile.TemporaryDirectory(prefix="rfpp-mlflow-") as tmp:
+            path = Path(tmp) / "config.yaml"
+            path.write_text(text)
+            self.log_artifact(path)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Buffer metrics (cheap); they are sent in batches every few seconds and at the end."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = []
+        for key, value in metrics.items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError) as err:
+                self._failed(f"metric {key!r} is not a number", err)
+                continue
+            name = _key(key)
+            if not name or posixpath.normpath(name) != name or name.startswith(("/", "..")):
+                self._failed(f"metric name {key!r}", ValueError("MLflow rejects names that resolve as other paths"))
+                continue
+            entries.append(Metric(name, number, now, int(step or 0)))
+        with self._lock:
+            self._buffer.extend(entries)
+            if len(self._buffer) > _MAX_BUFFER:
+                self.dropped += len(self._buffer) - _MAX_BUFFER
+                del self._buffer[: len(self._buffer) - _MAX_BUFFER]
+            due = len(self._buffer) >= MAX_METRICS_PER_BATCH or time.monotonic() - self._last_flush >= self.flush_secs
+        if due and time.monotonic() >= self._paused_until:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send buffered metrics now (what failed stays buffered for a later try)."""
+        with self._lock:
+            pending, self._buffer = self._buffer, []
+            self._last_flush = time.monotonic()
+        for i in range(0, len(pending), MAX_METRICS_PER_BATCH):
+            chunk = pending[i:i + MAX_METRICS_PER_BATCH]
+            if not self._guard("log_metrics", self.client.log_batch, self.run_id, metrics=chunk, synchronous=True):
+                with self._lock:
+                    self._buffer[:0] = pending[i:]
+                return
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Upload a file (or a directory's contents) under ``artifact_path``."""
+        local = Path(path)
+        if local.is_dir():
+            self._guard("log_artifacts", self.client.log_artifacts, self.run_id, str(local), artifact_path)
+        elif local.is_file():
+            self._guard("log_artifact", self.client.log_artifact, self.run_id, str(local), artifact_path)
+        else:
+            self._failed("log_artifact", FileNotFoundError(str(local)))
+
+    def log_image_file(self, png_path: str | os.PathLike[str], artifact_path: str | None = "samples") -> None:
+        """Upload an image file (shown in the UI's artifact viewer) under ``samples/`` by default."""
+        self.log_artifact(png_path, artifact_path)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set tags (values truncated to MLflow's limit)."""
+        from mlflow.entities import RunTag
+
+        items = [RunTag(_key(k), str(v)[:MAX_TAG_VALUE]) for k, v in tags.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self._guard("set_tags", self.client.log_batch, self.run_id, tags=items[i:i + MAX_PARAMS_PER_BATCH],
+                        synchronous=True)
+
+    def end(self, status: str) -> None:
+        """Flush and terminate with FINISHED, FAILED or KILLED."""
+        self._paused_until = 0.0
+        self.flush()
+        if self.dropped:
+            self.set_tags({"rfpp.tracking_dropped_metrics": self.dropped})
+        self._guard("set_terminated", self.client.set_terminated, self.run_id, status)
+
+
+# -- start ----------------------------------------------------------------------------------------
+def _unusable(uri: str, err: BaseException | str) -> TrackingError:
+    detail = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else err
+    return TrackingError(
+        f"MLflow tracking URI {uri!r} is unusable ({detail}). Set MLFLOW_TRACKING_URI to a reachable store "
+        f"(e.g. sqlite:///mlflow.db or http://host:5000) or disable tracking with {ENV_SWITCH}=off.")
+
+
+def _probe_http(uri: str) -> None:
+    """Fail fast (seconds, not MLflow's minutes of retries) when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10):
+            pass
+    except urllib.error.HTTPError:
+        return  # the server answers (maybe behind a proxy or auth); let MLflow judge
+    except (OSError, ValueError) as err:
+        raise _unusable(uri, err) from err
+
+
+def _retry(fn: Any, attempts: int = 3) -> Any:
+    """Retry a start-up call (concurrent stages may race on a fresh SQLite file)."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception:
+            if i == attempts - 1:
+                raise
+            time.sleep(0.5 * (i + 1))
+    return None
+
+
+def _experiment_id(client: Any, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, tags={"rfpp.experiment": "1"})
+    except Exception:
+        experiment = client.get_experiment_by_name(name)  # created meanwhile by another stage
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def _quote(value: str) -> str:
+    """A string literal for MLflow's search filter."""
+    return f'"{value}"' if "'" in value else f"'{value}'"
+
+
+def _parent_run_id(client: Any, experiment_id: str, profile: str, group: str, tags: dict[str, str]) -> str:
+    query = (f"tags.`rfpp.parent` = '1' and tags.`rfpp.profile` = {_quote(profile)} "
+             f"and tags.`rfpp.group` = {_quote(group)}")
+
+    def find() -> list[Any]:
+        runs = client.search_runs([experiment_id], filter_string=query, max_results=100)
+        return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+
+    found = find()
+    if found:
+        return found[0].info.run_id
+    name = f"{profile} @ {Path(group).name}" if os.sep in group else f"{profile} @ {group}"
+    mine = client.create_run(experiment_id, run_name=name, tags={**tags, "rfpp.parent": "1"})
+    client.set_terminated(mine.info.run_id, "FINISHED")
+    found = find() or [mine]
+    canonical = found[0].info.run_id
+    if canonical != mine.info.run_id:  # lost a creation race: drop ours if nobody attached to it
+        with contextlib.suppress(Exception):
+            children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{mine.info.run_id}'",
+                                          max_results=1)
+            if not children:
+                client.delete_run(mine.info.run_id)
+    return canonical
+
+
+def _default_group(profile: str) -> str:
+    from rfpp.paths import ProfilePaths
+
+    return os.environ.get(ENV_GROUP) or str(ProfilePaths.of(profile).root.resolve())
+
+
+def _begin(config: Any, stage: str, arm: str | None, run_name: str | None, tags: Mapping[str, Any] | None,
+           group: str | None) -> TrackedRun:
+    mlflow = _mlflow()
+    uri = tracking_uri()
+    profile = str(getattr(config, "profile", None) or _config_dict(config).get("profile", "default"))
+    group = group or _default_group(profile)
+    sha, dirty = _git_state()
+    common = {"rfpp.profile": profile, "rfpp.group": group, "rfpp.code_version": code_version(),
+              "rfpp.version": rfpp.__version__, "mlflow.source.git.commit": sha}
+    with contextlib.suppress(Exception):
+        common["mlflow.user"] = getpass.getuser()
+    _probe_http(uri)
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        experiment_id = _retry(lambda: _experiment_id(client, f"rfpp-{profile}"))
+        parent = _retry(lambda: _parent_run_id(client, experiment_id, profile, group, common))
+        run_tags = {**common, "rfpp.stage": stage, "mlflow.parentRunId": parent, "rfpp.git_dirty": str(dirty).lower(),
+                    "mlflow.source.name": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:MAX_TAG_VALUE] or stage,
+                    "mlflow.source.type": "LOCAL"}
+        if arm is not None:
+            run_tags["rfpp.arm"] = arm
+        run_tags.update({k: str(v) for k, v in (tags or {}).items()})
+        name = run_name or (f"{stage}-{arm}" if arm else stage)
+        run = _retry(lambda: client.create_run(
+            experiment_id, run_name=name, tags={_key(k): str(v)[:MAX_TAG_VALUE] for k, v in run_tags.items()}))
+    except TrackingError:
+        raise
+    except Exception as err:
+        raise _unusable(uri, err) from err
+    flush_secs = float(os.environ.get(ENV_FLUSH_SECS, "15"))
+    return TrackedRun(client, run.info.run_id, experiment_id, parent, flush_secs=flush_secs)
+
+
+@contextlib.contextmanager
+def start_run(config: Any, stage: str, arm: str | None = None, run_name: str | None = None,
+              tags: Mapping[str, Any] | None = None, group: str | None = None) -> Iterator[NullRun]:
+    """Open one MLflow run for a stage invocation (a child of the profile's session parent).
+
+    Yields a ``TrackedRun`` (or a ``NullRun`` with ``RFPP_TRACKING=off``). The run ends FINISHED,
+    FAILED when the block raises (tag ``rfpp.error``), KILLED on KeyboardInterrupt. Raises
+    ``TrackingError`` at start if the store cannot be used.
+    """
+    if not tracking_enabled():
+        yield NullRun()
+        return
+    run = _begin(config, stage, arm, run_name, tags, group)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        run.end("KILLED")
+        raise
+    except BaseException as err:
+        if _clean_exit(err):
+            run.end("FINISHED")
+        else:
+            run.set_tags({"rfpp.error": f"{type(err).__name__}: {err}"})
+            run.end("FAILED")
+        raise
+    else:
+        run.end("FINISHED")
+
+
+def _clean_exit(err: BaseException) -> bool:
+    """SystemExit(0) / typer.Exit(0) end a stage normally."""
+    if isinstance(err, SystemExit):
+        return err.code in (0, None)
+    return getattr(err, "exit_code", None) == 0

@@ -1,0 +1,311 @@
+"""rfpp.tracking against real MLflow stores: a SQLite file, MLflow's default URI and a live `mlflow server`."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+import yaml
+from PIL import Image
+
+import rfpp
+from rfpp.config import load_config
+from rfpp.tracking import NullRun, TrackingError, code_version, start_run, tracking_uri
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_AGENT_HINT": "1",
+             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no huey job workers: faster start, fewer processes
+
+
+def _png(path: Path) -> Path:
+    Image.new("L", (8, 8), color=128).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store per module (creating MLflow's tables takes seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def store(sqlite_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
+    monkeypatch.delenv("RFPP_TRACKING", raising=False)
+    monkeypatch.delenv("RFPP_TRACKING_GROUP", raising=False)
+    monkeypatch.chdir(tmp_path)  # the default group is <cwd>/results/<profile>: one per test
+    return sqlite_uri
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def test_two_arms_one_parent_params_metrics_artifacts_tags(store: str, tmp_path: Path) -> None:
+    config = load_config("digits")
+    png = _png(tmp_path / "grid.png")
+    ids = {}
+    for arm in ("rfpp", "baseline"):
+        with start_run(config, stage="train", arm=arm, tags={"extra": 1}) as run:
+            run.log_config(config)
+            run.log_params({"arm_setting": {"loss": arm}})
+            for step in range(5):
+                run.log_metrics({"loss": 1.0 / (step + 1), "lr": 2e-4}, step=step * 10)
+            run.log_image_file(png)
+            run.set_tags({"note": "hello"})
+            ids[arm] = run.run_id
+            assert isinstance(run.run_id, str) and run.parent_run_id
+    with start_run(config, stage="teacher") as teacher:
+        pass
+
+    client = _client(store)
+    experiment = client.get_experiment_by_name("rfpp-digits")
+    assert experiment is not None
+    runs = {a: client.get_run(i) for a, i in ids.items()}
+    parent_ids = {r.data.tags["mlflow.parentRunId"] for r in runs.values()}
+    assert len(parent_ids) == 1 and client.get_run(teacher.run_id).data.tags["mlflow.parentRunId"] in parent_ids
+    parent = client.get_run(parent_ids.pop())
+    assert parent.data.tags["rfpp.parent"] == "1" and parent.data.tags["rfpp.profile"] == "digits"
+    assert parent.data.tags["rfpp.group"] == str((tmp_path / "results" / "digits").resolve())
+    for arm, run in runs.items():
+        assert run.info.experiment_id == experiment.experiment_id
+        assert run.info.status == "FINISHED"
+        assert run.info.run_name == f"train-{arm}"
+        tags = run.data.tags
+        assert (tags["rfpp.profile"], tags["rfpp.stage"], tags["rfpp.arm"]) == ("digits", "train", arm)
+        assert tags["rfpp.code_version"] == code_version()
+        assert tags["rfpp.code_version"].startswith(rfpp.__version__ + "+")
+        assert tags["extra"] == "1" and tags["note"] == "hello"
+        params = run.data.params
+        assert params["train.lr"] == str(config.train.lr)
+        assert params["train.arms.rfpp.loss"] == config.train.arms["rfpp"].loss
+        assert params["profile"] == "digits" and params["arm_setting.loss"] == arm
+        history = client.get_metric_history(run.info.run_id, "loss")
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 10, 20, 30, 40]
+        assert min(m.value for m in history) == pytest.approx(0.2)
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.yaml", "samples"}
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/grid.png"]
+        saved = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+        assert yaml.safe_load(Path(saved).read_text())["train"]["lr"] == config.train.lr
+    assert "rfpp.arm" not in client.get_run(teacher.run_id).data.tags
+
+
+def test_failed_killed_and_clean_exit_statuses(store: str) -> None:
+    config = load_config("digits")
+    runs = {}
+    with pytest.raises(ValueError, match="boom"):
+        with start_run(config, stage="train", arm="a") as run:
+            runs["failed"] = run.run_id
+            run.log_metrics({"loss": 1.0}, step=1)
+            raise ValueError("boom")
+    with pytest.raises(KeyboardInterrupt):
+        with start_run(config, stage="train", arm="b") as run:
+            runs["killed"] = run.run_id
+            raise KeyboardInterrupt
+    with pytest.raises(SystemExit):
+        with start_run(config, stage="fid") as run:
+            runs["exit0"] = run.run_id
+            sys.exit(0)
+    client = _client(store)
+    assert client.get_run(runs["failed"]).info.status == "FAILED"
+    assert client.get_run(runs["failed"]).data.tags["rfpp.error"] == "ValueError: boom"
+    assert client.get_run(runs["failed"]).data.metrics["loss"] == 1.0  # flushed before ending
+    assert client.get_run(runs["killed"]).info.status == "KILLED"
+    assert client.get_run(runs["exit0"]).info.status == "FINISHED"
+
+
+def test_tracking_failures_during_a_run_warn_once_and_never_raise(store: str, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    config = load_config("digits")
+    with caplog.at_level(logging.WARNING, logger="rfpp.tracking"):
+        with start_run(config, stage="train", arm="rfpp") as run:
+            run.log_metrics({"../escape": 1.0, "not_a_number": "x", "ok": 2.0}, step=3)
+            run.log_artifact(tmp_path / "missing.png")
+            run.log_params({"p": "v" * 10_000})  # truncated, not rejected
+    warnings = [r for r in caplog.records if r.name == "rfpp.tracking"]
+    assert len(warnings) == 1 and run.failures == 3
+    result = _client(store).get_run(run.run_id)
+    assert result.info.status == "FINISHED"
+    assert result.data.metrics == {"ok": 2.0}
+    assert len(result.data.params["p"]) == 6000
+
+
+def test_metrics_are_batched_until_flush(store: str) -> None:
+    config = load_config("digits")
+    with start_run(config, stage="train", arm="rfpp") as run:
+        client = _client(store)
+        run.flush_secs = 3600.0
+        for step in range(50):
+            run.log_metrics({"loss": float(step)}, step=step)
+        assert client.get_metric_history(run.run_id, "loss") == []  # still buffered
+        run.flush()
+        assert len(client.get_metric_history(run.run_id, "loss")) == 50
+        for step in range(50, 1100):
+            run.log_metrics({"loss": float(step)}, step=step)
+        assert len(client.get_metric_history(run.run_id, "loss")) >= 1000  # a full batch went out
+    assert len(client.get_metric_history(run.run_id, "loss")) == 1100
+
+
+def test_default_uri_is_what_mlflow_ui_opens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow.cli
+    from mlflow.tracking._tracking_service.utils import _get_default_tracking_uri
+    from mlflow.utils.file_utils import path_to_local_sqlite_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RFPP_TRACKING", raising=False)
+    monkeypatch.chdir(tmp_path)
+    # `mlflow ui` is an alias of `mlflow server`, whose --backend-store-uri defaults to _get_default_tracking_uri()
+    ui = mlflow.cli.cli.get_command(None, "ui")
+    assert ui is mlflow.cli.server
+    option = next(p for p in ui.params if p.name == "backend_store_uri")
+    assert option.default is None and "_get_default_tracking_uri()" in inspect.getsource(ui.callback)
+    default = _get_default_tracking_uri()
+    assert default == "sqlite:///mlflow.db"  # MLflow 3.17 (falls back to ./mlruns only for a legacy file store)
+    expected = path_to_local_sqlite_uri(os.path.abspath(unquote(default.removeprefix("sqlite:///"))))
+    assert tracking_uri() == expected
+
+    with start_run(load_config("digits"), stage="teacher") as run:
+        run.log_image_file(_png(tmp_path / "x.png"))
+    assert (tmp_path / "mlflow.db").is_file()
+    assert _client(expected).get_run(run.run_id).info.status == "FINISHED"
+    assert (tmp_path / "mlruns").is_dir()  # where artifacts of runs logged straight to the store go
+    assert list((tmp_path / "mlruns").rglob("x.png"))
+
+
+def test_disabled_is_a_no_op(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RFPP_TRACKING", "off")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # would fail if it were used
+    monkeypatch.chdir(tmp_path)
+    config = load_config("digits")
+    with start_run(config, stage="train", arm="rfpp", run_name="x", tags={"a": 1}) as run:
+        assert isinstance(run, NullRun) and run.run_id is None
+        run.log_config(config)
+        run.log_params({"a": 1})
+        run.log_metrics({"loss": 1.0}, step=1)
+        run.log_artifact(tmp_path / "nothing")
+        run.log_image_file(tmp_path / "nothing.png")
+        run.set_tags({"b": 2})
+        run.flush()
+    with pytest.raises(ValueError):
+        with start_run(config, stage="train"):
+            raise ValueError("still propagates")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:{port}", "nosuchscheme://nowhere"])
+def test_unusable_uri_fails_at_start_naming_uri_and_fix(uri: str, monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    uri = uri.format(port=_free_port())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("RFPP_TRACKING", raising=False)
+    monkeypatch.chdir(tmp_path)
+    entered = False
+    with pytest.raises(TrackingError) as err:
+        with start_run(load_config("digits"), stage="train"):
+            entered = True
+    assert not entered
+    assert uri in str(err.value) and "MLFLOW_TRACKING_URI" in str(err.value) and "RFPP_TRACKING=off" in str(err.value)
+
+
+STAGE_SCRIPT = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from PIL import Image
+    from rfpp.config import load_config
+    from rfpp.tracking import start_run
+
+    arm = sys.argv[1]
+    config = load_config("digits", [f"train.lr={sys.argv[2]}"])
+    png = Path(f"{arm}.png")
+    Image.new("L", (8, 8), color=200).save(png)
+    with start_run(config, stage="train", arm=arm) as run:
+        run.log_config(config)
+        for step in range(3):
+            run.log_metrics({"loss": 1.0 + step}, step=step)
+        run.log_image_file(png)
+    print(run.run_id)
+""")
+
+
+@pytest.mark.slow
+def test_real_mlflow_server_receives_separate_stage_processes(tmp_path: Path) -> None:
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = {**os.environ, **QUIET_ENV}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    server_log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        cwd=tmp_path, env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not answer /health within 120 s"
+            time.sleep(0.5)
+
+        stage_env = {**env, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT), "RFPP_TRACKING_GROUP": "session-1"}
+        stages = [subprocess.Popen([sys.executable, "-c", STAGE_SCRIPT, arm, lr], cwd=tmp_path, env=stage_env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                  for arm, lr in (("rfpp", "1e-4"), ("baseline", "3e-4"))]  # concurrently, like Snakemake
+        outputs = [stage.communicate(timeout=180) for stage in stages]
+        for stage, (_out, errout) in zip(stages, outputs, strict=True):
+            assert stage.returncode == 0, errout[-3000:]
+        run_ids = [out.strip().splitlines()[-1] for out, _ in outputs]
+
+        client = _client(uri)
+        experiment = client.get_experiment_by_name("rfpp-digits")
+        runs = [client.get_run(i) for i in run_ids]
+        assert {r.data.tags["rfpp.arm"] for r in runs} == {"rfpp", "baseline"}
+        assert {r.data.params["train.lr"] for r in runs} == {"0.0001", "0.0003"}
+        parents = client.search_runs([experiment.experiment_id], "tags.`rfpp.parent` = '1'")
+        assert len(parents) == 1
+        for run in runs:
+            assert run.info.status == "FINISHED" and run.info.experiment_id == experiment.experiment_id
+            assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+            assert run.data.tags["rfpp.group"] == "session-1"
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 1, 2]
+            arm = run.data.tags["rfpp.arm"]
+            assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == [f"samples/{arm}.png"]
+            assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        stored = {p.name for p in (tmp_path / "artifacts").rglob("*") if p.is_file()}
+        assert {"rfpp.png", "baseline.png", "config.yaml"} <= stored  # proxied into --artifacts-destination
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=20)
+        server_log.close()
+
