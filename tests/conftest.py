@@ -36,3 +36,11 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """‖a − b‖ / ‖b‖ in float64."""
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture(autouse=True)
+def _tracking_off_unless_asked(monkeypatch, request):
+    """Unit tests do not write to the project's MLflow store; tracking tests opt back in by setting
+    RFPP_TRACKING themselves (monkeypatch.setenv) or by the `tracking` marker."""
+    if "tracking" not in request.keywords and "test_tracking" not in request.node.nodeid:
+        monkeypatch.setenv("RFPP_TRACKING", "off")
