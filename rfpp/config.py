@@ -91,11 +91,26 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_last: int = 2
     perceptual: str = "lpips-vgg16"
+    micro_batch: int | None = None  # per-rank forward batch; None = batch / world size (no accumulation)
+    num_workers: int = 2  # DataLoader workers per rank (they regenerate the noise)
+    channels_last: bool = False
+    nonfinite: str = "stop"  # a NaN/inf loss: "stop" the run, or "skip" the update and count it
+    keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0: none)
+    log_every: int = 10
+    eval_every: int = 200  # straightness, sample grids, timestep histogram (0: only at the end)
+    eval_batch: int = 64
+    straightness_nfe: int = 8
+    lpips_resize: int | None = 224  # VGG16 LPIPS input size (224 the paper's; smaller for quick CPU runs; null: none)
 
 
 @dataclass
 class SampleConfig:
-    """Few-step sampling for evaluation."""
+    """Few-step sampling for evaluation: the NFE sweep, solver, update rule, sample count and seed.
+
+    `schedule` is an optional user time grid (descending, in (0, 1]) that replaces the default grid of
+    `nfe`; `format` is how samples are written (npz, a PNG folder or an EDM zip); `grid` is how many
+    samples the PNG grid shows and `grid_scale` its integer magnification.
+    """
 
     nfe: list[int] = field(default_factory=lambda: [1, 2])
     solver: str = "euler"
@@ -103,15 +118,33 @@ class SampleConfig:
     num_samples: int = 1000
     batch: int = 250
     seed: int = 0
+    schedule: list[float] | None = None
+    format: str = "npz"
+    grid: int = 64
+    grid_scale: int = 1
+    straightness_samples: int = 256
 
 
 @dataclass
 class EvalConfig:
-    """FID protocol: feature network and reference statistics."""
+    """FID protocol: feature network and reference statistics.
+
+    `feature_net`: "inception" (torch-fidelity's inception-v3-compat) or "digits-classifier" (the digits
+    profile's stand-in). `reference`: "dataset" (statistics computed from data.dataset), a URL or a path of
+    an .npz with mu/sigma. `inception_weights`: a local path or URL of the Inception weights (default: the
+    torch hub cache, downloading from torch-fidelity's URL if absent). `isc`/`kid`/`prc`: extra metrics.
+    """
 
     feature_net: str = "inception"
     reference: str = "dataset"
     num_samples: int = 1000
+    reference_sha256: str | None = None
+    inception_weights: str | None = None
+    batch: int = 250
+    isc: bool = False
+    kid: bool = False
+    prc: bool = False
+    kid_subset_size: int = 1000
 
 
 @dataclass
@@ -292,5 +325,67 @@ def validate(config: Config) -> None:
         raise ConfigError(f"pairs.dtype: must be float32, bfloat16 or float16, not {config.pairs.dtype!r}")
     if config.train.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"train.precision: must be fp32, bf16 or fp16, not {config.train.precision!r}")
+    _validate_train(config.train)
     if any(n < 1 for n in config.sample.nfe):
         raise ConfigError(f"sample.nfe: every NFE must be at least 1, got {config.sample.nfe}")
+    _validate_sample_eval(config)
+
+
+def _validate_sample_eval(config: Config) -> None:
+    """Range checks of the sample: and eval: sections."""
+    sample, ev = config.sample, config.eval
+    if sample.solver not in ("euler", "heun"):
+        raise ConfigError(f"sample.solver: must be euler or heun, not {sample.solver!r}")
+    if sample.update not in ("default", "new"):
+        raise ConfigError(f"sample.update: must be default or new, not {sample.update!r}")
+    if sample.solver == "heun" and sample.schedule is None and any(n % 2 == 0 for n in sample.nfe):
+        raise ConfigError(f"sample.nfe: Heun needs odd NFEs, got {sample.nfe}")
+    if sample.format not in ("npz", "png", "zip"):
+        raise ConfigError(f"sample.format: must be npz, png or zip, not {sample.format!r}")
+    if sample.schedule is not None:
+        pts = sample.schedule
+        if not pts or any(not 0 <= t <= 1 for t in pts) or any(b >= a for a, b in zip(pts, pts[1:], strict=False)):
+            raise ConfigError(f"sample.schedule: must be strictly decreasing times in (0, 1], got {pts}")
+    for key, value in {"sample.batch": sample.batch, "sample.grid": sample.grid, "sample.grid_scale":
+                       sample.grid_scale, "eval.num_samples": ev.num_samples, "eval.batch": ev.batch,
+                       "eval.kid_subset_size": ev.kid_subset_size}.items():
+        if value < 1:
+            raise ConfigError(f"{key}: must be at least 1, got {value}")
+    if sample.seed < 0 or sample.straightness_samples < 0:
+        raise ConfigError("sample.seed and sample.straightness_samples must be non-negative")
+    if ev.feature_net not in ("inception", "digits-classifier"):
+        raise ConfigError(f"eval.feature_net: must be inception or digits-classifier, not {ev.feature_net!r}")
+    if not ev.reference:
+        raise ConfigError("eval.reference: must be 'dataset', a URL or a path of an .npz with mu and sigma")
+
+
+PERCEPTUAL_NETS = ("lpips-vgg16", "lpips-vgg16-maxpool", "digits-classifier")
+
+
+def _validate_train(train: TrainConfig) -> None:
+    """Range checks of the training section (world-size divisibility is checked when a run starts)."""
+    for key in ("ckpt_every", "keep_last", "log_every", "eval_batch", "straightness_nfe"):
+        if getattr(train, key) < 1:
+            raise ConfigError(f"train.{key}: must be at least 1, got {getattr(train, key)}")
+    for key in ("warmup", "ema_start", "num_workers", "keep_every", "eval_every"):
+        if getattr(train, key) < 0:
+            raise ConfigError(f"train.{key}: must be at least 0, got {getattr(train, key)}")
+    if train.micro_batch is not None and not 1 <= train.micro_batch <= train.batch:
+        raise ConfigError(f"train.micro_batch: must be in [1, train.batch={train.batch}], got {train.micro_batch}")
+    if not all(0 <= b < 1 for b in train.betas):
+        raise ConfigError(f"train.betas: each must be in [0, 1), got {list(train.betas)}")
+    if not train.eps > 0:
+        raise ConfigError(f"train.eps: must be > 0, got {train.eps}")
+    if train.grad_clip is not None and not train.grad_clip > 0:
+        raise ConfigError(f"train.grad_clip: must be > 0 (or null for no clipping), got {train.grad_clip}")
+    if not 0 <= train.dropout < 1:
+        raise ConfigError(f"train.dropout: must be in [0, 1), got {train.dropout}")
+    if train.lpips_resize is not None and train.lpips_resize < 16:
+        raise ConfigError(f"train.lpips_resize: must be at least 16 (or null), got {train.lpips_resize}")
+    if train.nonfinite not in ("stop", "skip"):
+        raise ConfigError(f"train.nonfinite: must be 'stop' or 'skip', not {train.nonfinite!r}")
+    if train.perceptual not in PERCEPTUAL_NETS:
+        raise ConfigError(f"train.perceptual: {train.perceptual!r} is not one of {', '.join(PERCEPTUAL_NETS)}")
+    for name, arm in train.arms.items():
+        if arm.huber_c not in ("reference", "ict"):
+            raise ConfigError(f"train.arms.{name}.huber_c: must be 'reference' or 'ict', not {arm.huber_c!r}")

@@ -1,0 +1,61 @@
+"""A tiny training world for the train tests: a random 8×8 teacher, a small pair set and a profile YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from rfpp.checkpoints import save_model
+from rfpp.config import Config, load_config
+from rfpp.nets import EDMDenoiser, SongUNet
+from rfpp.pairs import PairSpec, finalize, generate_shard, teacher_function
+from rfpp.paths import ProfilePaths
+
+SHAPE = (1, 8, 8)
+NET = dict(img_resolution=8, in_channels=1, out_channels=1, label_dim=0, model_channels=16, channel_mult=[1, 2],
+           num_blocks=1, attn_resolutions=[4], dropout=0.0)
+TRAIN = dict(steps=6, batch=8, lr=1e-3, warmup=2, ema=0.9, ema_start=1, ckpt_every=3, keep_last=2, num_workers=0,
+             log_every=2, eval_every=0, eval_batch=8, straightness_nfe=2, dropout=0.1, perceptual="lpips-vgg16",
+             arms={"baseline": {"timesteps": "uniform", "loss": "l2-squared", "init": "teacher"},
+                   "huber": {"timesteps": "u_shaped", "a": 4.0, "loss": "pseudo-huber", "init": "teacher"}})
+
+
+def tiny_teacher(seed: int = 0) -> SongUNet:
+    torch.manual_seed(seed)
+    net = SongUNet(**NET)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return net
+
+
+def make_world(root: Path, train: dict[str, Any] | None = None, count: int = 48, name: str = "tiny") -> Path:
+    """results/<name>/{teacher/teacher.pt, pairs/…} under `root` and root/<name>.yaml; returns the YAML path.
+
+    Run the stage with the working directory `root` (results/ is relative to it) or pass ProfilePaths."""
+    paths = ProfilePaths.of(name, root / "results")
+    net = tiny_teacher()
+    save_model(paths.teacher, net, meta={"source": "test"})
+    spec = PairSpec(count=count, num_shards=1, chunk=16, seed=3, shape=SHAPE)
+    fn = teacher_function(EDMDenoiser(net).eval(), "edm_heun", steps=2)
+    generate_shard(paths.pairs_dir, spec, 0, fn, progress=False)
+    finalize(paths.pairs_dir, spec, {"teacher": {"name": "tiny"}})
+    profile = {"profile": name, "seed": 0, "device": "cpu",
+               "data": {"dataset": "digits", "resolution": 8},
+               "teacher": {"source": "train", "arch": "SongUNet", "net": NET},
+               "pairs": {"count": count, "num_shards": 1, "seed": 3},
+               "train": {**TRAIN, **(train or {})},
+               "sample": {"nfe": [1, 2], "solver": "euler", "update": "new"}}
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(profile, sort_keys=False))
+    return path
+
+
+def world_config(root: Path, overrides: list[str] | None = None, name: str = "tiny") -> tuple[Config, ProfilePaths]:
+    return load_config(str(root / f"{name}.yaml"), overrides or []), ProfilePaths.of(name, root / "results")
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
