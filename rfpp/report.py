@@ -1,0 +1,264 @@
+"""`rfpp report`: one markdown page per profile with its table and plots.
+
+Reads what the stages wrote under results/<profile>/ and tolerates whatever is absent:
+- fid/<arm>-nfe<k>.json (rfpp.eval.fid results): FID, protocol, straightness;
+- samples/<arm>/nfe<k>.json / .png: straightness (when no FID yet) and sample grids;
+- train/<arm>/: any *.json with a throughput key (images_per_s, img_per_s, images_per_sec, throughput) and a
+  loss curve from metrics.jsonl / metrics.csv / *.json lists of {"step", "loss"}.
+Writes report.md and report/*.png (FID vs NFE, loss curves, timestep densities, sample grids).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rfpp.images import atomic_write
+
+# The paper's FIDs (50k samples, Inception) that a profile's arm × NFE can stand beside (DESIGN.md).
+PAPER_FID: dict[str, dict[tuple[str, int], tuple[float, str]]] = {
+    "cifar10": {("rfpp", 1): (3.38, "2-RF++, no real data"), ("baseline", 1): (12.21, "2-RF baseline (ladder A)"),
+                ("teacher_init", 1): (7.14, "+ teacher init, batch 512 (B)"), ("u_shaped", 1): (5.17, "+ U-shaped t"),
+                ("pseudo_huber", 1): (5.24, "+ pseudo-Huber"), ("lpips_huber", 1): (3.42, "+ LPIPS-Huber")},
+    "imagenet64": {("rfpp", 1): (4.31, "2-RF++"), ("rfpp", 2): (3.64, "2-RF++")},
+    "afhq64": {("rfpp", 1): (4.11, "2-RF++")},
+    "ffhq64": {("rfpp", 1): (5.21, "2-RF++")},
+}
+LADDER = [("2-RF baseline", 12.21), ("+ teacher init and batch 512", 7.14), ("+ U-shaped t", 5.17),
+          ("+ pseudo-Huber", 5.24), ("+ LPIPS-Huber", 3.42), ("+ 1/t", 3.38)]
+THROUGHPUT_KEYS = ("images_per_s", "img_per_s", "images_per_sec", "train_images_per_s", "throughput")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _find_key(obj: Any, keys: tuple[str, ...]) -> float | None:
+    if isinstance(obj, dict):
+        for k in keys:
+            if isinstance(obj.get(k), int | float):
+                return float(obj[k])
+        for v in obj.values():
+            found = _find_key(v, keys)
+            if found is not None:
+                return found
+    return None
+
+
+def training_throughput(train_dir: Path) -> float | None:
+    """Training images/s recorded by the training stage, if any json in train/<arm>/ has it."""
+    if not train_dir.is_dir():
+        return None
+    for path in sorted(train_dir.glob("*.json")):
+        value = _find_key(_read_json(path), THROUGHPUT_KEYS)
+        if value is not None:
+            return value
+    return None
+
+
+def loss_curve(train_dir: Path) -> list[tuple[float, float]]:
+    """(step, loss) points from metrics.jsonl, metrics.csv or a json list, if the training stage wrote them."""
+    points: list[tuple[float, float]] = []
+
+    def take(row: Any) -> None:
+        if isinstance(row, dict) and "loss" in row:
+            try:
+                points.append((float(row.get("step", len(points))), float(row["loss"])))
+            except (TypeError, ValueError):
+                pass
+
+    if not train_dir.is_dir():
+        return points
+    for path in sorted(train_dir.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            text = line.strip()
+            if text:
+                try:
+                    take(json.loads(text))
+                except ValueError:
+                    continue
+    if not points:
+        for path in sorted(train_dir.glob("*.csv")):
+            with open(path, newline="") as handle:
+                for row in csv.DictReader(handle):
+                    take(row)
+    if not points:
+        for path in sorted(train_dir.glob("*.json")):
+            data = _read_json(path)
+            rows = data if isinstance(data, list) else data.get("history") if isinstance(data, dict) else None
+            for row in rows or []:
+                take(row)
+    return sorted(points)
+
+
+def collect(config: Any, paths: Any) -> list[dict[str, Any]]:
+    """One row per arm × NFE with whatever is known."""
+    rows = []
+    for arm in config.train.arms:
+        throughput = training_throughput(paths.train_dir(arm))
+        for nfe in config.sample.nfe:
+            fid = _read_json(paths.fid(arm, nfe))
+            meta = _read_json(paths.samples(arm, nfe).with_suffix(".json"))
+            grid = paths.samples(arm, nfe).with_suffix(".png")
+            paper = PAPER_FID.get(config.profile, {}).get((arm, nfe))
+            rows.append({"arm": arm, "nfe": nfe, "fid": fid.get("value") if isinstance(fid, dict) else None,
+                         "protocol_id": fid.get("protocol_id") if isinstance(fid, dict) else None,
+                         "feature_net": fid.get("protocol", {}).get("feature_net") if isinstance(fid, dict) else None,
+                         "straightness": (fid or {}).get("straightness") if isinstance(fid, dict) and
+                         fid.get("straightness") is not None else (meta or {}).get("straightness"),
+                         "images_per_s": throughput, "paper_fid": paper[0] if paper else None,
+                         "paper_note": paper[1] if paper else None, "grid": str(grid) if grid.exists() else None,
+                         "result": fid})
+    return rows
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def _plots(config: Any, paths: Any, rows: list[dict[str, Any]], plot_dir: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from rfpp.timesteps import density
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+
+    def save(fig: Any, name: str) -> None:
+        path = plot_dir / name
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+        plt.close(fig)
+        out[name] = path
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    plotted = False
+    for arm in config.train.arms:
+        pts = [(r["nfe"], r["fid"]) for r in rows if r["arm"] == arm and r["fid"] is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=arm)
+            plotted = True
+    ax.set_xlabel("NFE")
+    ax.set_ylabel("FID")
+    ax.set_xscale("log", base=2)
+    ax.set_title(f"FID vs NFE ({_feature_net_label(rows)})", fontsize=9)
+    if plotted:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no FID results yet", ha="center", transform=ax.transAxes)
+    save(fig, "fid_vs_nfe.png")
+
+    curves = {arm: loss_curve(paths.train_dir(arm)) for arm in config.train.arms}
+    if any(curves.values()):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for arm, pts in curves.items():
+            if pts:
+                ax.plot(*zip(*pts, strict=True), label=arm)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_yscale("log")
+        ax.legend()
+        save(fig, "loss_curves.png")
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    t = torch.linspace(0.001, 0.999, 500, dtype=torch.float64)
+    for arm, spec in config.train.arms.items():
+        try:
+            ax.plot(t.numpy(), density(t, kind=spec.timesteps, a=spec.a).numpy(), label=f"{arm} ({spec.timesteps})")
+        except ValueError:
+            continue
+    ax.set_xlabel("t (0 data, 1 noise)")
+    ax.set_ylabel("density")
+    ax.legend()
+    save(fig, "timestep_density.png")
+
+    for r in rows:
+        if r["grid"]:
+            name = f"samples_{r['arm']}_nfe{r['nfe']}.png"
+            shutil.copyfile(r["grid"], plot_dir / name)
+            out[name] = plot_dir / name
+    return out
+
+
+def _feature_net_label(rows: list[dict[str, Any]]) -> str:
+    nets = sorted({r["feature_net"] for r in rows if r["feature_net"]})
+    if not nets:
+        return "no FID yet"
+    return ", ".join("digits-classifier features standing in for Inception" if n == "digits-classifier"
+                     else "Inception-v3 features" for n in nets)
+
+
+def render(config: Any, rows: list[dict[str, Any]], plots: dict[str, Path], report_path: Path) -> str:
+    """The markdown text."""
+    rel = {name: Path(p).relative_to(report_path.parent) if Path(p).is_relative_to(report_path.parent) else p
+           for name, p in plots.items()}
+    lines = [f"# rfpp report: profile `{config.profile}`", ""]
+    results = [r["result"] for r in rows if r["result"]]
+    nets = sorted({r["feature_net"] for r in rows if r["feature_net"]})
+    lines.append(f"**FID feature network:** {_feature_net_label(rows)}.")
+    if "digits-classifier" in nets:
+        lines.append("digits-classifier features stand in for Inception: these FIDs measure the digits classifier's "
+                     "64-dim pooled features and are not comparable with published (Inception) FIDs.")
+    if results:
+        p = results[0]["protocol"]
+        lines.append(f"Protocol: {p['num_samples']} samples against `{p['reference']}` (sha256 "
+                     f"{str(p['reference_sha256'])[:12]}…), feature net sha256 {str(p['feature_net_sha256'])[:12]}…, "
+                     f"torch-fidelity {p['torch_fidelity']}.")
+        ids = sorted({r["protocol_id"] for r in rows if r["protocol_id"]})
+        if len(ids) > 1:
+            lines.append(f"**Warning:** the results below were measured under {len(ids)} different protocols "
+                         f"({', '.join(ids)}); compare only rows with the same protocol id.")
+    lines += ["", f"Sampling: solver `{config.sample.solver}`, update `{config.sample.update}`, seed "
+                  f"{config.sample.seed}.", ""]
+    has_paper = any(r["paper_fid"] is not None for r in rows)
+    header = ["arm", "NFE", "FID", "straightness", "train img/s"] + (["paper FID"] if has_paper else [])
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["arm"], str(r["nfe"]), _fmt(r["fid"]), _fmt(r["straightness"]), _fmt(r["images_per_s"])]
+        if has_paper:
+            cells.append(f"{r['paper_fid']} ({r['paper_note']})" if r["paper_fid"] is not None else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    if not has_paper:
+        lines += ["", f"The paper reports no numbers for the `{config.profile}` profile."]
+    if config.profile == "cifar10":
+        lines += ["", "The paper's CIFAR-10 ablation ladder (FID at 1 NFE, 50k samples, Inception):", "",
+                  "| configuration | FID |", "|---|---|"] + [f"| {name} | {v} |" for name, v in LADDER]
+    lines += ["", "## Plots", ""]
+    for name, title in (("fid_vs_nfe.png", "FID vs NFE"), ("loss_curves.png", "Training loss"),
+                        ("timestep_density.png", "Timestep density per arm")):
+        if name in rel:
+            lines += [f"### {title}", "", f"![{title}]({rel[name]})", ""]
+    if "loss_curves.png" not in rel:
+        lines += ["No training loss history was found under train/<arm>/.", ""]
+    grids = [n for n in rel if n.startswith("samples_")]
+    if grids:
+        lines += ["### Samples", ""]
+        for n in sorted(grids):
+            lines += [f"{n.removeprefix('samples_').removesuffix('.png').replace('_', ', ')}:", "", f"![{n}]({rel[n]})",
+                      ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(config: Any, paths: Any, out: Path | None = None) -> dict[str, Any]:
+    """Write report.md and report/*.png; returns {"report", "plots", "rows"}."""
+    out = Path(out or paths.report)
+    rows = collect(config, paths)
+    plots = _plots(config, paths, rows, out.parent / "report")
+    text = render(config, rows, plots, out)
+    atomic_write(out, lambda f: f.write(text.encode()))
+    return {"report": out, "plots": list(plots.values()),
+            "rows": [{k: v for k, v in r.items() if k not in ("result", "grid", "paper_note")} for r in rows]}
