@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import typer
 
-from cli.common import DryRunOpt, OverridesArg, ProfileOpt, not_built, resolve
+from cli.common import DryRunOpt, OverridesArg, ProfileOpt, fail, resolve
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def teacher(profile: str = ProfileOpt, overrides: list[str] = OverridesArg, dry_run: bool = DryRunOpt) -> None:
-        """Get the teacher: download an EDM snapshot, or train a 1-rectified flow for small data."""
-        resolve(profile, overrides, dry_run)
-        not_built("teacher", 3)
+    def teacher(profile: str = ProfileOpt, overrides: list[str] = OverridesArg, dry_run: bool = DryRunOpt,
+                progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
+        """Make results/<profile>/teacher/teacher.pt.
+
+        teacher.source decides how: `train` trains a 1-rectified flow on the profile's data (the digits
+        profile's teacher) and saves a sample grid beside it; an EDM snapshot name (e.g. cifar10-uncond-ve),
+        URL or .pkl path is downloaded (resumable, sha256 recorded and checked) and loaded without executing
+        anything from the file; a .pt/.pth state dict uses teacher.net as its configuration.
+        """
+        config = resolve(profile, overrides, dry_run)
+        from rfpp.checkpoints import CheckpointError
+        from rfpp.teachers import ChecksumError, DownloadError, TeacherLoadError, UnsafePickleError
+        from rfpp.teachers.stage import run_teacher_stage
+
+        try:
+            path = run_teacher_stage(config, progress=progress)
+        except (CheckpointError, ChecksumError, DownloadError, TeacherLoadError, UnsafePickleError,
+                FileNotFoundError, ValueError, FloatingPointError) as err:
+            fail(str(err))
+        typer.echo(f"teacher: {path}")

@@ -1,0 +1,109 @@
+"""The teacher and pairs stages end to end through the CLI: a 1-rectified-flow teacher trained on the
+digits, an EDM snapshot served over HTTP from 127.0.0.1, sharded pairs and their manifest."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from edm_snapshot_writer import precond_stand_in, randomize_, write_snapshot
+from local_http_server import LocalFileServer
+
+from rfpp.checkpoints import load_model
+from rfpp.config import load_config
+from rfpp.nets import SongUNet
+from rfpp.pairs import PairDataset
+from rfpp.paths import ProfilePaths
+from rfpp.teachers import TeacherLoadError
+from rfpp.teachers.stage import run_teacher_stage
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "profile": "tiny",
+    "data": {"dataset": "digits", "resolution": 8},
+    "teacher": {"source": "train", "arch": "SongUNet", "steps": 30, "batch": 16, "lr": 1e-3, "ema": 0.9,
+                "net": {"img_resolution": 8, "in_channels": 1, "out_channels": 1, "model_channels": 16,
+                        "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [], "dropout": 0.0}},
+    "pairs": {"count": 40, "num_shards": 2, "sampler": "rf_heun", "steps": 3, "batch": 8, "seed": 5},
+}
+
+
+def write_profile(folder: Path, **changes) -> Path:
+    values = yaml.safe_load(yaml.safe_dump(TINY))
+    for section, entries in changes.items():
+        values[section].update(entries)
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def rfpp(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {"PYTHONPATH": str(REPO), "RFPP_TRACKING": "off", "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+def test_trained_teacher_then_sharded_pairs_via_cli(tmp_path):
+    profile = write_profile(tmp_path)
+    result = rfpp(tmp_path, "teacher", "--profile", str(profile), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    paths = ProfilePaths.of("tiny", tmp_path / "results")
+    velocity, info = load_model(paths.teacher)
+    assert info["meta"]["source"] == "train" and info["arch"] == "SongUNet"
+    assert (paths.teacher_dir / "samples.png").stat().st_size > 0
+    assert yaml.safe_load((paths.teacher_dir / "config.yaml").read_text())["teacher"]["steps"] == 30
+
+    for shard in ("0", "1"):
+        result = rfpp(tmp_path, "pairs", "--profile", str(profile), "--shard", shard, "--num-shards", "2",
+                      "--no-progress")
+        assert result.returncode == 0, result.stderr
+    result = rfpp(tmp_path, "pairs", "--profile", str(profile), "--finalize")
+    assert result.returncode == 0, result.stderr
+    data = PairDataset(paths.pairs_manifest)
+    assert len(data) == 40
+    assert data.manifest["sampler"] == {"name": "rf_heun", "steps": 3, "nfe": 3, "dtype": "float32"}
+    assert data.manifest["teacher"]["source"] == "train"
+
+    result = rfpp(tmp_path, "pairs", "--profile", str(profile), "--shard", "2", "--num-shards", "2")
+    assert result.returncode == 2 and "out of range" in result.stderr
+
+
+def test_missing_teacher_is_a_clear_error(tmp_path):
+    profile = write_profile(tmp_path)
+    result = rfpp(tmp_path, "pairs", "--profile", str(profile), "--shard", "0")
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr and "teacher.pt" in result.stderr
+
+
+def test_edm_snapshot_teacher_from_local_http_server(tmp_path, monkeypatch):
+    net = randomize_(SongUNet(img_resolution=8, in_channels=1, out_channels=1, model_channels=16,
+                              channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0), seed=3)
+    sentinel = tmp_path / "executed"
+    snapshot = write_snapshot(tmp_path / "snap.pkl", precond_stand_in(net), sentinel)
+    monkeypatch.chdir(tmp_path)
+    with LocalFileServer({"/edm/snap.pkl": snapshot.read_bytes()}) as server:
+        config = load_config(str(write_profile(tmp_path, teacher={"source": server.url("/edm/snap.pkl")})))
+        path = run_teacher_stage(config, ProfilePaths.of("tiny", tmp_path / "results"), progress=False)
+    assert not sentinel.exists()
+    velocity, info = load_model(path)
+    assert info["meta"]["source"].endswith("snap.pkl") and len(info["meta"]["sha256"]) == 64
+    x, sigma = torch.randn(2, 1, 8, 8), torch.tensor([0.3, 2.0])
+    from rfpp.nets import EDMDenoiser
+
+    with torch.no_grad():
+        assert torch.allclose(velocity.denoiser(x, sigma), EDMDenoiser(net.eval())(x, sigma), atol=1e-6)
+
+
+def test_teacher_arch_mismatch_is_refused(tmp_path, monkeypatch):
+    net = randomize_(SongUNet(img_resolution=8, in_channels=1, out_channels=1, model_channels=16,
+                              channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.0))
+    snapshot = write_snapshot(tmp_path / "snap.pkl", precond_stand_in(net), tmp_path / "executed")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(str(write_profile(tmp_path, teacher={"source": str(snapshot), "arch": "DhariwalUNet"})))
+    with pytest.raises(TeacherLoadError, match="holds a SongUNet, but the profile says teacher.arch: DhariwalUNet"):
+        run_teacher_stage(config, ProfilePaths.of("tiny", tmp_path / "results"), progress=False)
