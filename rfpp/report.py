@@ -53,14 +53,46 @@ def _find_key(obj: Any, keys: tuple[str, ...]) -> float | None:
 
 
 def training_throughput(train_dir: Path) -> float | None:
-    """Training images/s recorded by the training stage, if any json in train/<arm>/ has it."""
+    """Training images/s recorded by the training stage: a json in train/<arm>/, else the last logged metrics of
+    the newest training checkpoint (train/<arm>/checkpoints/step-*.pt)."""
     if not train_dir.is_dir():
         return None
     for path in sorted(train_dir.glob("*.json")):
         value = _find_key(_read_json(path), THROUGHPUT_KEYS)
         if value is not None:
             return value
+    try:
+        from rfpp.train.checkpoint import list_checkpoints, read_checkpoint
+
+        found = list_checkpoints(train_dir / "checkpoints")
+        if found:
+            return _find_key(read_checkpoint(found[-1][1]).get("metrics") or {}, THROUGHPUT_KEYS)
+    except Exception:  # noqa: BLE001 - the report tolerates any missing or foreign training output
+        return None
     return None
+
+
+def mlflow_loss_curve(profile: str, arm: str) -> list[tuple[float, float]]:
+    """The 'loss' history of the newest finished MLflow train run of (profile, arm), if tracking is on."""
+    try:
+        from rfpp.tracking import tracking_enabled, tracking_uri
+
+        if not tracking_enabled():
+            return []
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri())
+        exp = client.get_experiment_by_name(f"rfpp-{profile}")
+        if exp is None:
+            return []
+        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`rfpp.stage` = 'train' and "
+                                  f"tags.`rfpp.arm` = '{arm}'", order_by=["attributes.start_time DESC"],
+                                  max_results=1)
+        if not runs:
+            return []
+        return sorted((float(m.step), float(m.value)) for m in client.get_metric_history(runs[0].info.run_id, "loss"))
+    except Exception:  # noqa: BLE001 - best effort: the report never fails for want of a loss curve
+        return []
 
 
 def loss_curve(train_dir: Path) -> list[tuple[float, float]]:
@@ -162,7 +194,8 @@ def _plots(config: Any, paths: Any, rows: list[dict[str, Any]], plot_dir: Path) 
         ax.text(0.5, 0.5, "no FID results yet", ha="center", transform=ax.transAxes)
     save(fig, "fid_vs_nfe.png")
 
-    curves = {arm: loss_curve(paths.train_dir(arm)) for arm in config.train.arms}
+    curves = {arm: loss_curve(paths.train_dir(arm)) or mlflow_loss_curve(config.profile, arm)
+              for arm in config.train.arms}
     if any(curves.values()):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for arm, pts in curves.items():

@@ -98,7 +98,9 @@ def load_student(path: str | Path, config: Any | None = None) -> tuple[torch.nn.
     info = dict(info)
     info["sha256"] = file_sha256(path)
     info["step"] = meta.get("step", meta.get("steps", meta.get("train_steps")))
-    info["ema"] = meta.get("ema", meta.get("is_ema"))
+    weights = meta.get("weights")
+    info["ema"] = weights == "ema" if weights is not None else meta.get("ema", meta.get("is_ema"))
+    info["ema_decay"] = meta.get("ema") if weights is not None else None
     return velocity, info
 
 
@@ -293,7 +295,8 @@ def sample_meta(spec: SamplingSpec, info: dict[str, Any], checkpoint: str | Path
                 shard: int, num_shards: int, device: torch.device) -> dict[str, Any]:
     """The protocol of a sample set, stored with it."""
     return {"checkpoint": str(checkpoint), "checkpoint_sha256": info.get("sha256"),
-            "checkpoint_step": info.get("step"), "ema": info.get("ema"), "arch": info.get("arch"),
+            "checkpoint_step": info.get("step"), "ema": info.get("ema"), "ema_decay": info.get("ema_decay"),
+            "arch": info.get("arch"),
             "nfe": spec.nfe, "solver": spec.solver, "update": spec.update, "schedule": spec.schedule,
             "seed": spec.seed, "total_samples": spec.num_samples, "class_labels": spec.class_labels,
             "noise": NOISE_RECIPE, "straightness": straightness,
