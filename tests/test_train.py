@@ -312,3 +312,12 @@ def test_cli_exit_codes_and_all_arms(world, tmp_path):
         assert res.exit_code == 1 and "rfpp pairs" in res.output
     finally:
         os.chdir(cwd)
+
+
+def test_bench_train_smoke():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_train
+
+    r = bench_train.bench("small", "pseudo-huber", "fp32", False, batch=4, steps=1, warmup=1,
+                          device=torch.device("cpu"), count=True)
+    assert r["img_s"] > 0 and 0.01 < r["gflop"] < 10
