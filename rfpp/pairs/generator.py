@@ -17,7 +17,7 @@ from rfpp.pairs.shards import TeacherFn
 from rfpp.sampling import edm_heun, sample
 
 SAMPLERS = ("edm_heun", "rf_heun", "rf_euler")
-DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def nfe_of(sampler: str, steps: int) -> int:
