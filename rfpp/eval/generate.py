@@ -190,6 +190,11 @@ def stem_of(path: str | Path) -> Path:
     return path.with_suffix("") if path.suffix in (".npz", ".zip", ".png", ".json") else path
 
 
+def with_ext(stem: Path, ext: str) -> Path:
+    """`stem` + `ext` (not Path.with_suffix, which would eat a dotted stem such as nfe2.shard-0-of-4)."""
+    return Path(f"{stem}{ext}")
+
+
 def shard_path(path: str | Path, shard: int, num_shards: int) -> Path:
     return Path(f"{stem_of(path)}.shard-{shard}-of-{num_shards}.npz")
 
@@ -206,7 +211,7 @@ def write_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor, 
     text = json.dumps(meta, indent=2, sort_keys=True, default=str)
     out: dict[str, Path] = {}
     if fmt == "npz":
-        target = stem.with_suffix(".npz")
+        target = with_ext(stem, ".npz")
 
         def dump(handle) -> None:
             np.savez(handle, images=images.numpy(), labels=labels.numpy().astype(np.int64),
@@ -220,11 +225,11 @@ def write_samples(path: str | Path, images: torch.Tensor, labels: torch.Tensor, 
         from rfpp.data import write_edm_zip
 
         out["samples"] = write_edm_zip(images, labels.numpy() if bool((labels >= 0).all()) else None,
-                                       stem.with_suffix(".zip"))
-    out["meta"] = atomic_write(stem.with_suffix(".json"), lambda f: f.write(text.encode()))
+                                       with_ext(stem, ".zip"))
+    out["meta"] = atomic_write(with_ext(stem, ".json"), lambda f: f.write(text.encode()))
     if write_grid and images.shape[0]:
         shown = images[:grid]
-        out["grid"] = save_grid(shown, stem.with_suffix(".png"), nrow=_grid_nrow(shown.shape[0]), scale=grid_scale)
+        out["grid"] = save_grid(shown, with_ext(stem, ".png"), nrow=_grid_nrow(shown.shape[0]), scale=grid_scale)
     return out
 
 
@@ -233,7 +238,7 @@ def read_samples(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict[str
     path = Path(path)
     if not path.exists():
         raise SamplesError(f"samples {path} do not exist; run `rfpp sample` first (or check the path)")
-    side = stem_of(path).with_suffix(".json")
+    side = with_ext(stem_of(path), ".json")
     meta: dict[str, Any] = {}
     if path.suffix == ".npz":
         try:

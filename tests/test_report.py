@@ -1,0 +1,70 @@
+"""`rfpp report` from whatever the stages left: FID jsons, sample grids, training throughput and loss history."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rfpp.config import load_config
+from rfpp.images import save_grid
+from rfpp.paths import ProfilePaths
+from rfpp.report import write_report
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking(monkeypatch):
+    monkeypatch.setenv("RFPP_TRACKING", "off")
+
+
+def _fid(paths: ProfilePaths, arm: str, nfe: int, value: float, net: str = "digits-classifier") -> None:
+    path = paths.fid(arm, nfe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    protocol = {"metric": "fid", "feature_net": net, "feature_layer": "pool", "feature_net_sha256": "ab" * 32,
+                "reference": "dataset:digits@8", "reference_sha256": "cd" * 32, "num_samples": 1797,
+                "torch_fidelity": "0.4.0"}
+    path.write_text(json.dumps({"format": "rfpp.fid", "value": value, "protocol": protocol, "protocol_id": "p1",
+                                "straightness": 0.01 * nfe, "sampling": {"nfe": nfe}}))
+
+
+def test_digits_report_table_plots_and_feature_net(tmp_path):
+    config = load_config("digits")
+    paths = ProfilePaths.of("digits", tmp_path)
+    _fid(paths, "rfpp", 1, 12.5)
+    _fid(paths, "rfpp", 2, 8.25)
+    save_grid(np.zeros((4, 1, 8, 8), np.uint8), paths.samples("rfpp", 2).with_suffix(".png"))
+    train = paths.train_dir("rfpp")
+    train.mkdir(parents=True)
+    (train / "summary.json").write_text(json.dumps({"final": {"images_per_s": 321.0}}))
+    (train / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1 / s}) + "\n" for s in range(1, 9)))
+    written = write_report(config, paths)
+    text = paths.report.read_text()
+    assert "| rfpp | 1 | 12.5 | 0.01 | 321 |" in text
+    assert "| rfpp | 2 | 8.25 | 0.02 | 321 |" in text
+    assert "| baseline | 1 | — | — | — |" in text  # absent results are tolerated
+    assert "digits-classifier features stand in for Inception" in text
+    assert "The paper reports no numbers for the `digits` profile." in text
+    names = {p.name for p in written["plots"]}
+    assert {"fid_vs_nfe.png", "loss_curves.png", "timestep_density.png", "samples_rfpp_nfe2.png"} <= names
+    for p in written["plots"]:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({p.relative_to(tmp_path / 'digits')})" in text
+
+
+def test_cifar10_report_shows_the_papers_numbers_and_warns_on_mixed_protocols(tmp_path):
+    config = load_config("cifar10")
+    paths = ProfilePaths.of("cifar10", tmp_path)
+    _fid(paths, "rfpp", 1, 3.9, net="inception")
+    path = paths.fid("rfpp", 2)
+    _fid(paths, "rfpp", 2, 3.1, net="inception")
+    data = json.loads(path.read_text())
+    data["protocol_id"] = "p2"
+    path.write_text(json.dumps(data))
+    write_report(config, paths)
+    text = paths.report.read_text()
+    assert "| rfpp | 1 | 3.9 |" in text and "3.38 (2-RF++, no real data)" in text
+    assert "Inception-v3 features" in text and "stand in" not in text
+    assert "ablation ladder" in text and "| 2-RF baseline | 12.21 |" in text
+    assert "different protocols" in text
+    assert "No training loss history" in text
