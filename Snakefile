@@ -1,5 +1,16 @@
-# rfpp pipeline: teacher -> pairs (sharded) -> train (per arm) -> sample (per NFE) -> fid -> report.
-# Config comes from params/<profile>.yaml (snakemake --config profile=cifar10); rules only call `rfpp`.
+# rfpp pipeline: teacher -> [features] -> pairs (sharded) -> train (per arm) -> sample (per arm x NFE) -> fid -> report.
+#
+#   snakemake --cores all                                   # the digits profile (default), CPU, offline
+#   snakemake --cores all --resources gpu=4 --config profile=cifar10   # four GPU jobs at once, one GPU each
+#   snakemake --profile workflow/profiles/slurm --config profile=cifar10  # on a Slurm cluster
+#
+# Config: params/<profile>.yaml (--config profile=NAME, or --config params=path/to/profile.yaml), validated
+# by workflow/schemas/params.schema.yaml. Every rule runs one `rfpp` command; docs/workflow.md has the details.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/pairs.smk"
@@ -9,4 +20,5 @@ include: "workflow/rules/evaluate.smk"
 
 rule all:
     input:
-        f"{RESULTS}/report.md",
+        REPORT,
+    default_target: True

@@ -1,29 +1,41 @@
 rule sample:
+    """Few-step samples of one arm at one NFE (.npz, with its metadata .json and grid .png beside it)."""
     input:
-        f"{RESULTS}/train/{{arm}}/final.pt",
+        STUDENT,
     output:
-        f"{RESULTS}/samples/{{arm}}/nfe{{nfe}}.npz",
+        samples=f"{SAMPLES}.npz",
+        meta=f"{SAMPLES}.json",
+        grid=f"{SAMPLES}.png",
+    params:
+        sections=section("sample"),
     resources:
         gpu=1,
     shell:
-        "rfpp sample --profile {PROFILE} --checkpoint {input} --nfe {wildcards.nfe}"
+        "rfpp sample {RFPP} --arm {wildcards.arm} --nfe {wildcards.nfe}"
 
 
 rule fid:
+    """FID of one sample set, with its full protocol, as json (DVC's metrics)."""
     input:
-        f"{RESULTS}/samples/{{arm}}/nfe{{nfe}}.npz",
+        f"{SAMPLES}.npz",
+        [FEATURES] if FID_FEATURES else [],
     output:
-        f"{RESULTS}/fid/{{arm}}-nfe{{nfe}}.json",
+        FID,
+    params:
+        sections=section("data", "eval"),
     resources:
         gpu=1,
     shell:
-        "rfpp fid --profile {PROFILE}"
+        "rfpp fid {RFPP} --arm {wildcards.arm} --nfe {wildcards.nfe}"
 
 
 rule report:
+    """report.md and its plots (report/*.png) over every arm and NFE."""
     input:
-        expand(f"{RESULTS}/fid/{{arm}}-nfe{{nfe}}.json", arm=ARMS, nfe=NFES),
+        expand(FID, arm=ARMS, nfe=NFES),
+        expand(f"{SAMPLES}.json", arm=ARMS, nfe=NFES),
     output:
-        f"{RESULTS}/report.md",
+        report=REPORT,
+        plots=directory(f"{RESULTS}/report"),
     shell:
-        "rfpp report --profile {PROFILE}"
+        "rfpp report {RFPP}"

@@ -1,18 +1,26 @@
 rule pairs_shard:
+    """One shard of (noise, image) pairs from the teacher: one job per shard, each on its own GPU."""
     input:
-        f"{RESULTS}/teacher/teacher.pt",
+        TEACHER,
     output:
-        f"{RESULTS}/pairs/shard-{{shard}}.json",
+        record=SHARD_RECORD,
+        arrays=SHARD_FILES,
+    params:
+        sections=section("seed", "pairs"),
     resources:
         gpu=1,
     shell:
-        "rfpp pairs --profile {PROFILE} --shard {wildcards.shard} --num-shards {NUM_SHARDS} --no-progress"
+        "rfpp pairs {RFPP} --shard {wildcards.shard} --num-shards {NUM_SHARDS} --no-progress"
 
 
 rule pairs:
+    """Verify every shard and write the manifest that training reads."""
     input:
-        expand(f"{RESULTS}/pairs/shard-{{shard}}.json", shard=range(NUM_SHARDS)),
+        TEACHER,
+        expand(SHARD_RECORD, shard=range(NUM_SHARDS)),
     output:
-        f"{RESULTS}/pairs/manifest.json",
+        MANIFEST,
+    params:
+        sections=section("seed", "pairs"),
     shell:
-        "rfpp pairs --profile {PROFILE} --finalize --num-shards {NUM_SHARDS}"
+        "rfpp pairs {RFPP} --finalize --num-shards {NUM_SHARDS}"

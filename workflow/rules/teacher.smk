@@ -1,5 +1,20 @@
 rule teacher:
+    """The teacher: a 1-rectified flow trained on the data (digits) or an EDM snapshot, downloaded and converted."""
     output:
-        f"{RESULTS}/teacher/teacher.pt",
+        TEACHER,
+    params:
+        sections=section("seed", "data", "teacher"),
+    resources:
+        gpu=1 if PARAMS.get("teacher", {}).get("source", "train") == "train" else 0,
     shell:
-        "rfpp teacher --profile {PROFILE} --no-progress"
+        "rfpp teacher {RFPP} --no-progress"
+
+
+rule features:
+    """The digits classifier: perceptual network (train.perceptual) and FID features (eval.feature_net)."""
+    output:
+        FEATURES,
+    params:
+        sections=section("seed", "data"),
+    shell:
+        "rfpp features {RFPP}"
