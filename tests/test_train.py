@@ -233,9 +233,11 @@ def torch_home(tmp_path_factory):
     return home
 
 
+_VGG = pytest.mark.slow  # VGG16 on two CPU cores: seconds per step
 ARMS = [("uniform", "l2-squared", "lpips-vgg16"), ("u_shaped", "pseudo-huber", "lpips-vgg16"),
-        ("u_shaped", "lpips-huber", "lpips-vgg16"), ("u_shaped", "lpips-huber-1/t", "lpips-vgg16-maxpool"),
-        ("logit_normal", "lpips", "lpips-vgg16")]
+        pytest.param("u_shaped", "lpips-huber", "lpips-vgg16", marks=_VGG),
+        ("u_shaped", "lpips-huber-1/t", "lpips-vgg16-maxpool"),
+        pytest.param("logit_normal", "lpips", "lpips-vgg16", marks=_VGG)]
 
 
 @pytest.mark.parametrize("timesteps,loss,perceptual", ARMS)
