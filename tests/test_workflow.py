@@ -1,0 +1,322 @@
+"""The workflow layer: profiles vs schema, Snakemake dry runs (local and Slurm), Snakefile == dvc.yaml, real runs.
+
+Real Snakemake/DVC runs of the first stages (teacher, pairs) use a tiny copy of the digits profile in a temporary
+directory; they are marked slow (CI runs them)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import typing
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PROFILES = sorted(p.stem for p in (ROOT / "params").glob("*.yaml"))
+SNAKEMAKE = str(BIN / "snakemake")
+DVC = str(BIN / "dvc")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # `rfpp` and `python` resolve to this interpreter's
+    env.update(RFPP_TRACKING="off", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def _run(args: list[str], cwd: Path = ROOT, timeout: int = 600, **env: str) -> str:
+    proc = subprocess.run(args, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n" \
+                                 f"{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+def dry_run_jobs(*args: str, cwd: Path = ROOT) -> list[dict]:
+    """Jobs of `snakemake -n -p`: rule, input, output, resources and shell command of each."""
+    text = _run([SNAKEMAKE, "-n", "-p", "--cores", "1", *args], cwd=cwd)
+    jobs, job = [], None
+    for line in text.splitlines():
+        if m := re.match(r"^(?:local)?rule (\w+):$", line.strip()):
+            job = {"rule": m.group(1), "input": [], "output": [], "resources": {}, "shell": None}
+            jobs.append(job)
+        elif job is None:
+            continue
+        elif m := re.match(r"^\s+(input|output): (.*)$", line):
+            job[m.group(1)] = [p.strip() for p in m.group(2).split(",")]
+        elif m := re.match(r"^\s+resources: (.*)$", line):
+            job["resources"] = dict(kv.strip().split("=", 1) for kv in m.group(1).split(", "))
+        elif line.startswith("Shell command: "):
+            job["shell"] = line.removeprefix("Shell command: ").strip()
+    assert jobs, text[-3000:]
+    return jobs
+
+
+def tiny_profile(name: str = "tiny") -> dict:
+    """The digits profile shrunk to seconds: a 2-step teacher, 64 pairs in 4 shards of one 16-pair chunk."""
+    p = yaml.safe_load((ROOT / "params" / "digits.yaml").read_text())
+    p["profile"] = name
+    p["teacher"]["net"].update(model_channels=8, channel_mult=[1])
+    p["teacher"].update(steps=2, batch=16)
+    p["pairs"].update(count=64, num_shards=4, steps=3, batch=16)
+    p["train"].update(steps=4, batch=16, warmup=1, eval_every=0)
+    p["sample"].update(num_samples=32, batch=32, grid=16)
+    p["eval"].update(num_samples=32)
+    return p
+
+
+# ------------------------------------------------------------------------------------------------ profiles
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_fits_the_schema_and_the_config(profile):
+    from snakemake.utils import validate
+
+    from rfpp.config import load_config
+
+    data = yaml.safe_load((ROOT / "params" / f"{profile}.yaml").read_text())
+    validate(data, str(ROOT / "workflow" / "schemas" / "params.schema.yaml"), set_default=False)
+    assert load_config(profile).profile == profile  # results/<profile> matches the file name
+
+
+def test_the_schema_lists_every_config_key():
+    """The schema mirrors rfpp.config's dataclasses: same sections, same keys (train.gpus is the workflow's)."""
+    from rfpp import config as cfg
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "params.schema.yaml").read_text())
+    props = schema["properties"]
+    assert set(props) == {f.name for f in dataclasses.fields(cfg.Config)}
+    hints = typing.get_type_hints(cfg.Config)
+    for name, prop in props.items():
+        if dataclasses.is_dataclass(hints[name]):
+            keys = {f.name for f in dataclasses.fields(hints[name])}
+            assert set(prop["properties"]) - {"gpus"} == keys, name
+    arm = schema["definitions"]["arm"]["properties"]
+    assert set(arm) == {f.name for f in dataclasses.fields(cfg.ArmConfig)}
+
+
+def test_the_schema_rejects_typos():
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    data = yaml.safe_load((ROOT / "params" / "digits.yaml").read_text())
+    data["train"]["arms"]["rfpp"]["los"] = "l2"
+    with pytest.raises(WorkflowError):
+        validate(data, str(ROOT / "workflow" / "schemas" / "params.schema.yaml"), set_default=False)
+
+
+def test_the_ladder_climbs_one_change_at_a_time():
+    arms = yaml.safe_load((ROOT / "params" / "digits-ladder.yaml").read_text())["train"]["arms"]
+    assert [a[0] for a in arms] == list("ABCDEF")
+    steps = [(a.get("timesteps"), a.get("loss"), a.get("init")) for a in arms.values()]
+    assert steps == [("uniform", "l2-squared", "teacher"), ("uniform", "l2-squared", "teacher"),
+                     ("u_shaped", "l2-squared", "teacher"), ("u_shaped", "pseudo-huber", "teacher"),
+                     ("u_shaped", "lpips-huber", "teacher"), ("u_shaped", "lpips-huber-1/t", "teacher")]
+
+
+# ----------------------------------------------------------------------------------------- Snakemake dry runs
+
+
+@pytest.mark.parametrize("profile", ["digits", "cifar10"])
+def test_dry_run(profile):
+    params = yaml.safe_load((ROOT / "params" / f"{profile}.yaml").read_text())
+    jobs = dry_run_jobs("--config", f"profile={profile}")
+    count = {}
+    for job in jobs:
+        count[job["rule"]] = count.get(job["rule"], 0) + 1
+    arms, nfes = len(params["train"]["arms"]), len(params["sample"]["nfe"])
+    digits = params["eval"]["feature_net"] == "digits-classifier"
+    assert count == {"teacher": 1, "pairs_shard": params["pairs"]["num_shards"], "pairs": 1, "train": arms,
+                     "sample": arms * nfes, "fid": arms * nfes, "report": 1, "all": 1,
+                     **({"features": 1} if digits else {})}
+    for job in jobs:
+        if job["rule"] in ("pairs_shard", "sample", "fid", "train"):
+            assert job["resources"].get("gpu") == "1", job
+        if job["rule"] in ("pairs", "report", "features"):
+            assert "gpu" not in job["resources"], job
+        if job["rule"] != "all":
+            assert job["shell"].startswith(f"rfpp {job['rule'].removesuffix('_shard')} "
+                                           f"--profile params/{profile}.yaml"), job
+    shard_outs = sorted(o for j in jobs if j["rule"] == "pairs_shard" for o in j["output"] if o.endswith(".json"))
+    assert shard_outs == sorted(f"results/{profile}/pairs/shard-{k}.json" for k in range(params["pairs"]["num_shards"]))
+    assert [j["output"] for j in jobs if j["rule"] == "report"] == [[f"results/{profile}/report.md",
+                                                                     f"results/{profile}/report"]]
+
+
+def test_multi_gpu_training_claims_its_gpus_and_runs_torchrun(tmp_path):
+    profile = tiny_profile("quad")
+    profile["train"]["gpus"] = 4
+    path = tmp_path / "quad.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    train = [j for j in dry_run_jobs("--config", f"params={path}") if j["rule"] == "train"]
+    assert len(train) == 2
+    for job in train:
+        assert job["resources"]["gpu"] == "4"
+        assert job["shell"].startswith(f"python -m rfpp.devices --gpus 4 -- torchrun --standalone --nproc_per_node 4 "
+                                       f"-m cli.main train --profile {path} --arm ")
+    resumed = [j for j in dry_run_jobs("--config", f"params={path}", "resume=true") if j["rule"] == "train"]
+    assert all(j["shell"].endswith("--resume --no-progress") for j in resumed)
+
+
+def test_slurm_profile_dry_run_and_submit_arguments():
+    """The Slurm profile dry-runs without any Slurm command present (Snakemake's dry run never starts the
+    executor), and each job's resources turn into the sbatch arguments the plugin would use."""
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    jobs = dry_run_jobs("--profile", "workflow/profiles/slurm", "--config", "profile=cifar10")
+    profile = yaml.safe_load((ROOT / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    # Only resource names the plugin reads (utils/submit_string/partitions) are used.
+    known = {"slurm_partition", "slurm_account", "runtime", "mem_mb", "mem_mb_per_cpu", "cpus_per_task", "gpu",
+             "gpu_model", "gres", "constraint", "qos", "nodes", "tasks", "slurm_extra"}
+    assert set(profile["default-resources"]) <= known
+    for rule, res in profile["set-resources"].items():
+        assert set(res) <= known, rule
+    rules = {j["rule"] for j in jobs}
+    assert set(profile["set-resources"]) <= rules
+    for job in jobs:
+        if job["rule"] == "all":
+            continue
+        res = job["resources"]
+        assert res["slurm_partition"] == "gpu" and int(res["runtime"]) > 0 and int(res["mem_mb"]) > 0, job
+        resources = SimpleNamespace(**{k: int(v) if v.isdigit() else v for k, v in res.items()})
+        resources.get = lambda key, default=None, r=resources: getattr(r, key, default)
+        gres = set_gres_string(SimpleNamespace(resources=resources))
+        wants_gpu = job["rule"] in ("pairs_shard", "train", "sample", "fid")
+        assert gres.strip() == ("--gpus=1" if wants_gpu else ""), job
+    train = next(j for j in jobs if j["rule"] == "train")
+    assert train["resources"]["runtime"] == str(profile["set-resources"]["train"]["runtime"])
+
+
+# ------------------------------------------------------------------------------- Snakefile == dvc.yaml
+
+
+def dvc_stages(repo_dir: Path = ROOT) -> dict[str, dict]:
+    """dvc.yaml's stages with vars, foreach and matrix resolved, through DVC's own loader."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    root = str(repo_dir)
+    with Repo(root) as repo:
+        out = {}
+        for stage in repo.index.stages:
+            rel = lambda p: os.path.relpath(str(p.fs_path), root)  # noqa: E731
+            params = {}
+            for dep in stage.deps:
+                if isinstance(dep, ParamsDependency):
+                    params[rel(dep)] = sorted(dep.params)
+            out[stage.addressing] = {
+                "cmd": stage.cmd,
+                "deps": sorted(rel(d) for d in stage.deps if not isinstance(d, ParamsDependency)),
+                "outs": sorted(rel(o) for o in stage.outs),
+                "metrics": sorted(rel(o) for o in stage.outs if o.metric),
+                "params": params,
+            }
+    return out
+
+
+def test_snakefile_and_dvc_yaml_describe_the_same_dag():
+    """Same commands; for each, the same outputs and the same inputs (a DVC directory dependency stands for
+    the files under it that other stages make)."""
+    smk = {j["shell"]: j for j in dry_run_jobs("--config", "profile=digits") if j["rule"] != "all"}
+    dvc = {s["cmd"]: (name, s) for name, s in dvc_stages().items()}
+    assert set(smk) == set(dvc), f"only Snakemake: {set(smk) - set(dvc)}; only DVC: {set(dvc) - set(smk)}"
+    for cmd, job in smk.items():
+        name, stage = dvc[cmd]
+        assert sorted(job["output"]) == stage["outs"], name
+        covered = {i: [d for d in stage["deps"] if i == d or i.startswith(d + "/")] for i in job["input"]}
+        assert all(covered.values()), f"{name}: inputs without a DVC dependency: {covered}"
+        assert {d for ds in covered.values() for d in ds} == set(stage["deps"]), name
+        assert name.split("@")[0] == job["rule"]
+    fids = sorted(o for s in dvc_stages().values() for o in s["metrics"])
+    assert fids == sorted(o for j in smk.values() if j["rule"] == "fid" for o in j["output"])
+
+
+def test_dvc_params_match_the_rules_sections():
+    """Each DVC stage's params are the profile sections its Snakemake rule re-runs on (`section(...)`)."""
+    text = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
+    rule_sections = {m.group(1): sorted(re.findall(r'"(\w+)"', m.group(2))) for m in
+                     re.finditer(r"^rule (\w+):.*?sections=section\(([^)]*)\)", text, re.S | re.M)}
+    for name, stage in dvc_stages().items():
+        rule = name.split("@")[0]
+        assert sorted(stage["params"].get("params/digits.yaml", [])) == rule_sections.get(rule, []), name
+
+
+# ------------------------------------------------------------------------------------------ real runs
+
+
+def _workspace(tmp_path: Path) -> Path:
+    """A temporary project: the workflow files of this checkout plus params/tiny.yaml."""
+    work = tmp_path / "work"
+    (work / "params").mkdir(parents=True)
+    for name in ("Snakefile", "dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, work / name)
+    shutil.copytree(ROOT / "workflow", work / "workflow")
+    (work / "params" / "tiny.yaml").write_text(yaml.safe_dump(tiny_profile(), sort_keys=False))
+    return work
+
+
+@pytest.mark.slow
+def test_snakemake_runs_teacher_and_pairs(tmp_path):
+    work = _workspace(tmp_path)
+    target = "results/tiny/pairs/manifest.json"
+    log = _run([SNAKEMAKE, "--cores", "2", "--resources", "gpu=2", "--config", "profile=tiny", target], cwd=work)
+    assert "10 of 10 steps (100%) done" in log, log[-2000:]
+    manifest = json.loads((work / target).read_text())
+    assert manifest["spec"]["count"] == 64 and len(manifest["shards"]) == 4
+    for k in range(4):
+        assert (work / f"results/tiny/pairs/shard-{k}.images.npy").exists()
+    again = _run([SNAKEMAKE, "--cores", "2", "--config", "profile=tiny", target], cwd=work)
+    assert "Nothing to be done" in again
+    # A change to the pairs section re-runs the shards and the manifest, not the teacher.
+    jobs = dry_run_jobs("--config", "profile=tiny", "--rerun-triggers", "params", target, cwd=work)
+    assert jobs == []
+    profile = tiny_profile()
+    profile["pairs"]["seed"] = 7
+    (work / "params" / "tiny.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    rules = sorted(j["rule"] for j in dry_run_jobs("--config", "profile=tiny", target, cwd=work))
+    assert rules == ["pairs"] + ["pairs_shard"] * 4
+
+
+@pytest.mark.slow
+def test_dvc_repro_push_and_experiment_of_teacher_and_pairs(tmp_path):
+    work = _workspace(tmp_path)
+    text = (work / "dvc.yaml").read_text()
+    (work / "dvc.yaml").write_text(text.replace("  - params/digits.yaml\n", "  - params/tiny.yaml\n"))
+    (work / ".gitignore").write_text("/results/\n")
+    git = ["git", "-c", "user.name=rfpp", "-c", "user.email=rfpp@localhost"]
+    _run(["git", "init", "-q"], cwd=work)
+    _run([DVC, "init", "-q"], cwd=work)
+    _run([DVC, "remote", "add", "-d", "store", str(tmp_path / "store")], cwd=work)
+    _run([*git, "add", "-A"], cwd=work)
+    _run([*git, "commit", "-qm", "workflow"], cwd=work)
+
+    stages = dvc_stages(work)
+    assert {"teacher", "pairs", "pairs_shard@3", "train@rfpp", "sample@rfpp-2", "fid@baseline-1", "report"} <= \
+        set(stages)
+    _run([DVC, "repro", "pairs"], cwd=work)
+    assert json.loads((work / "results/tiny/pairs/manifest.json").read_text())["spec"]["count"] == 64
+    lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
+    assert {"teacher", "pairs", "pairs_shard@0", "pairs_shard@3"} <= set(lock)
+    assert "pairs" in lock["pairs_shard@1"]["params"]["params/tiny.yaml"]
+    assert "Data and pipelines are up to date" in _run([DVC, "status", "pairs"], cwd=work)
+    _run([DVC, "push"], cwd=work)
+    stored = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    assert len(stored) >= 1 + 4 * 3 + 1  # teacher, 4 x (record, images, labels), manifest
+    _run([*git, "add", "dvc.lock"], cwd=work)
+    _run([*git, "commit", "-qm", "pairs"], cwd=work)
+
+    # An experiment with another pairs seed: shards and manifest are redone, the teacher is not.
+    log = _run([DVC, "exp", "run", "-S", "params/tiny.yaml:pairs.seed=5", "pairs"], cwd=work)
+    assert "Stage 'teacher' didn't change, skipping" in log
+    assert "Running stage 'pairs_shard@0'" in log
+    shown = json.dumps(json.loads(_run([DVC, "exp", "show", "--json"], cwd=work)))
+    assert '"seed": 5' in shown
