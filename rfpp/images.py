@@ -14,14 +14,13 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import PIL.Image
 import torch
+
+from rfpp.atomic import atomic_write
 
 __all__ = [
     "to_uint8",
@@ -85,27 +84,6 @@ def encode_png(image: torch.Tensor | np.ndarray, compress_level: int = 6) -> byt
     buf = io.BytesIO()
     pil.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(f)`` on a temporary file beside ``path``, then move it to ``path``; returns ``path``.
-
-    Parent directories are created. On any error the temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def make_grid_uint8(u: torch.Tensor, nrow: int, padding: int = 2, pad_value: int = 0) -> torch.Tensor:

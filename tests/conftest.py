@@ -44,3 +44,13 @@ def _tracking_off_unless_asked(monkeypatch, request):
     RFPP_TRACKING themselves (monkeypatch.setenv) or by the `tracking` marker."""
     if "tracking" not in request.keywords and "test_tracking" not in request.node.nodeid:
         monkeypatch.setenv("RFPP_TRACKING", "off")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tests run tiny networks: one thread is fastest there and does not oversubscribe the two cores when
+    a test starts subprocesses (a test doing real work may raise it; the count is restored per module)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

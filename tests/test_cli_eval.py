@@ -24,14 +24,6 @@ OVERRIDES = ["teacher.net.model_channels=8", "teacher.net.channel_mult=[1]"]
 COND = ["teacher.net.label_dim=3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one thread is fastest, and avoids oversubscribing the two shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _net(label_dim: int = 0, seed: int = 0, **changes) -> SongUNet:
     torch.manual_seed(seed)

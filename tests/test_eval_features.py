@@ -12,15 +12,6 @@ from rfpp.eval import DigitsClassifier, load_feature_net, save_feature_net, trai
 from rfpp.images import to_uint8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one thread is fastest, and avoids oversubscribing the two shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     ds = DigitsDataset(resolution=8)

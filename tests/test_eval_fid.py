@@ -33,15 +33,6 @@ from rfpp.eval.fid import (
 from rfpp.images import to_uint8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one thread is fastest, and avoids oversubscribing the two shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _reference_fid(mu1, s1, mu2, s2) -> float:
     covmean = scipy.linalg.sqrtm(s1 @ s2).real
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))

@@ -45,14 +45,6 @@ ADM_8_COND = dict(img_resolution=8, in_channels=3, out_channels=3, label_dim=3, 
                   channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one intra-op thread is faster, and immune to oversubscribed shared CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def sentinel(tmp_path):

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 import rfpp
+from rfpp.atomic import write_json
 from rfpp.checkpoints import file_sha256
 from rfpp.images import from_uint8
 from rfpp.pairs.noise import NOISE_RECIPE, make_noise, noise_fingerprint
-from rfpp.pairs.shards import PairSetError, PairSpec, shard_files, shard_is_finished, write_json
+from rfpp.pairs.shards import PairSetError, PairSpec, shard_files, shard_is_finished
 
 FORMAT = "rfpp.pairs"
 VERSION = 1

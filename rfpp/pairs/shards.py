@@ -15,19 +15,17 @@ byte-identical arrays. Noise is regenerated from (seed, index) (rfpp.pairs.noise
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from rfpp.atomic import atomic_write, write_json
 from rfpp.checkpoints import file_sha256
 from rfpp.images import to_uint8
 from rfpp.pairs.noise import make_labels, make_noise
@@ -82,26 +80,8 @@ def shard_files(out_dir: str | Path, shard: int) -> dict[str, Path]:
             "record": out_dir / f"shard-{shard}.json", "parts": out_dir / f"shard-{shard}.parts"}
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: str | Path, data: dict) -> None:
-    _atomic_write(Path(path), lambda h: h.write(json.dumps(data, indent=2, sort_keys=True) + "\n"), mode="w")
-
-
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    _atomic_write(path, lambda h: np.save(h, array, allow_pickle=False))
+    atomic_write(path, lambda h: np.save(h, array, allow_pickle=False))
 
 
 def _load_chunk(path: Path, expected: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -153,7 +133,7 @@ def generate_shard(out_dir: str | Path, spec: PairSpec, shard: int, teacher: Tea
             sync()
             t2 = time.perf_counter()
             labels_np = labels.numpy()
-            _atomic_write(part, lambda h, im=images, lb=labels_np: np.savez(h, images=im, labels=lb))
+            atomic_write(part, lambda h, im=images, lb=labels_np: np.savez(h, images=im, labels=lb))
             timing["noise"] += t1 - t0
             timing["sampler"] += t2 - t1
             timing["write"] += time.perf_counter() - t2

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import torch
 
+from rfpp.atomic import write_text
 from rfpp.checkpoints import file_sha256, load_model
 from rfpp.config import Config
 from rfpp.images import to_uint8
@@ -92,5 +93,5 @@ def run_finalize(config: Config, num_shards: int | None = None, paths: ProfilePa
     if config.pairs.dtype != "float32":
         extra["precision_check"] = precision_check(config, paths, pick_device(config.device))
     manifest = finalize(paths.pairs_dir, spec, extra)
-    (paths.pairs_dir / "config.yaml").write_text(config.to_yaml())
+    write_text(paths.pairs_dir / "config.yaml", config.to_yaml())
     return manifest

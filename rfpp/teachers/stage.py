@@ -10,11 +10,11 @@ The resolved configuration is saved beside the output as teacher/config.yaml.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from rfpp.atomic import write_json, write_text
 from rfpp.checkpoints import file_sha256, save_model
 from rfpp.config import Config
 from rfpp.images import save_grid
@@ -34,10 +34,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def _write_config(config: Config, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".config.yaml.tmp"
-    tmp.write_text(config.to_yaml())
-    tmp.replace(folder / "config.yaml")
+    write_text(folder / "config.yaml", config.to_yaml())
 
 
 def sample_grid(velocity: EDMVelocity, path: Path, count: int = 64, nfe: int = 15, seed: int = 0,
@@ -99,7 +96,7 @@ def run_teacher_stage(config: Config, paths: ProfilePaths | None = None, progres
             sigma_data = denoiser.sigma_data
         save_model(paths.teacher, net, sigma_data=sigma_data, meta=meta)
         _write_config(config, paths.teacher_dir)
-        (paths.teacher_dir / "teacher.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        write_json(paths.teacher_dir / "teacher.json", meta)
         velocity = EDMVelocity(EDMDenoiser(net.to(device).eval(), sigma_data=sigma_data))
         grid = sample_grid(velocity, paths.teacher_dir / "samples.png", device=device)
         run.log_image_file(grid, artifact_path="teacher")
