@@ -322,3 +322,32 @@ def test_dvc_repro_push_and_experiment_of_teacher_and_pairs(tmp_path):
     assert "Running stage 'pairs_shard@0'" in log
     shown = json.dumps(json.loads(_run([DVC, "exp", "show", "--json"], cwd=work)))
     assert '"seed": 5' in shown
+
+
+@pytest.mark.slow
+def test_dvc_runs_the_whole_tiny_pipeline_with_metrics_and_plots(tmp_path):
+    """Every stage through `dvc repro` on the tiny profile; FID metrics and the report's plots are visible."""
+    work = _workspace(tmp_path)
+    text = (work / "dvc.yaml").read_text()
+    (work / "dvc.yaml").write_text(text.replace("  - params/digits.yaml\n", "  - params/tiny.yaml\n"))
+    (work / ".gitignore").write_text("/results/\n/dvc_plots/\n")
+    git = ["git", "-c", "user.name=rfpp", "-c", "user.email=rfpp@localhost"]
+    _run(["git", "init", "-q"], cwd=work)
+    _run([DVC, "init", "-q"], cwd=work)
+    _run([DVC, "repro"], cwd=work, timeout=1200)
+    assert (work / "results/tiny/report.md").is_file()
+    metrics = json.loads(_run([DVC, "metrics", "show", "--json"], cwd=work))
+    files = metrics[""]["data"]  # "" is the workspace
+    assert sorted(files) == sorted(f"results/tiny/fid/{a}-nfe{k}.json" for a in ("baseline", "rfpp") for k in (1, 2))
+    assert all(isinstance(f["data"]["value"], float) for f in files.values())
+    _run([DVC, "plots", "show", "-o", "dvc_plots"], cwd=work)
+    html = (work / "dvc_plots" / "index.html").read_text()
+    assert "fid_vs_nfe.png" in html
+    _run([*git, "add", "-A"], cwd=work)
+    _run([*git, "commit", "-qm", "tiny run"], cwd=work)
+    assert "Data and pipelines are up to date" in _run([DVC, "status"], cwd=work)
+    assert "Running stage" not in _run([DVC, "repro", "--dry"], cwd=work)
+    diff = json.loads(_run([DVC, "metrics", "diff", "--all", "--json"], cwd=work))
+    assert sorted(diff) == sorted(files)  # HEAD's metrics were found (in the DVC cache) and are unchanged
+    for entry in diff.values():
+        assert entry["value"]["old"] == entry["value"]["new"] is not None
