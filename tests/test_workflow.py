@@ -40,9 +40,10 @@ def _run(args: list[str], cwd: Path = ROOT, timeout: int = 600, **env: str) -> s
     return proc.stdout + proc.stderr
 
 
-def dry_run_jobs(*args: str, cwd: Path = ROOT) -> list[dict]:
-    """Jobs of `snakemake -n -p`: rule, input, output, resources and shell command of each."""
-    text = _run([SNAKEMAKE, "-n", "-p", "--cores", "1", *args], cwd=cwd)
+def dry_run_jobs(*args: str, cwd: Path = ROOT, force: bool = True) -> list[dict]:
+    """Jobs of `snakemake -n -p`: rule, input, output, resources and shell command of each (every job of the DAG
+    with `force`, whatever results/ already holds; else only those that would run)."""
+    text = _run([SNAKEMAKE, "-n", "-p", "--cores", "1", *(["--forceall"] if force else []), *args], cwd=cwd)
     jobs, job = [], None
     for line in text.splitlines():
         if m := re.match(r"^(?:local)?rule (\w+):$", line.strip()):
@@ -277,12 +278,12 @@ def test_snakemake_runs_teacher_and_pairs(tmp_path):
     again = _run([SNAKEMAKE, target, "--cores", "2", "--config", "profile=tiny"], cwd=work)
     assert "Nothing to be done" in again
     # A change to the pairs section re-runs the shards and the manifest, not the teacher.
-    jobs = dry_run_jobs(target, "--rerun-triggers", "params", "--config", "profile=tiny", cwd=work)
+    jobs = dry_run_jobs(target, "--rerun-triggers", "params", "--config", "profile=tiny", cwd=work, force=False)
     assert jobs == []
     profile = tiny_profile()
     profile["pairs"]["seed"] = 7
     (work / "params" / "tiny.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
-    rules = sorted(j["rule"] for j in dry_run_jobs(target, "--config", "profile=tiny", cwd=work))
+    rules = sorted(j["rule"] for j in dry_run_jobs(target, "--config", "profile=tiny", cwd=work, force=False))
     assert rules == ["pairs"] + ["pairs_shard"] * 4
 
 
