@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rfpp-installed
 
-.PHONY: setup test pipeline lint bench
+.PHONY: setup test pipeline lint bench mlflow-ui
 
 setup: $(STAMP)
 
@@ -28,3 +28,6 @@ pipeline: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py
+
+mlflow-ui: $(STAMP)
+	MLFLOW_DISABLE_TELEMETRY=true MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --host 127.0.0.1

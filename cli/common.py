@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from rfpp.config import Config, ConfigError, load_config
@@ -21,8 +23,13 @@ def fail(message: str, code: int = EXIT_FAILURE) -> None:
     raise typer.Exit(code)
 
 
-def resolve(profile: str, overrides: list[str] | None, dry_run: bool) -> Config:
-    """Load and validate the configuration; print it and stop when `dry_run`."""
+def resolve(profile: str, overrides: list[str] | None, dry_run: bool, gpus: int = 1) -> Config:
+    """Load and validate the configuration; print it and stop when `dry_run`.
+
+    With `device: auto` a stage then claims `gpus` free GPUs for this process (rfpp.devices: a lock per
+    device, so that parallel Snakemake jobs each get their own); nothing happens without GPUs, when
+    CUDA_VISIBLE_DEVICES is already set, or inside torchrun (whose launcher hands out the devices).
+    """
     try:
         config = load_config(profile, overrides or [])
     except ConfigError as err:
@@ -30,6 +37,13 @@ def resolve(profile: str, overrides: list[str] | None, dry_run: bool) -> Config:
     if dry_run:
         typer.echo(config.to_yaml().rstrip())
         raise typer.Exit(0)
+    if gpus > 0 and "LOCAL_RANK" not in os.environ:
+        from rfpp.devices import GPUClaimError, claim_for_device
+
+        try:
+            claim_for_device(config.device, gpus)
+        except GPUClaimError as err:
+            fail(str(err))
     return config
 
 

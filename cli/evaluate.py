@@ -371,7 +371,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
                out: str = typer.Option(None, "--out", "-o", help="Report path (default "
                                                                  "results/<profile>/report.md).")) -> None:
         """Write the markdown report of every arm and NFE, with its plots (PNG), and log it to MLflow."""
-        config = resolve(profile, overrides, dry_run)
+        config = resolve(profile, overrides, dry_run, gpus=0)
         from rfpp.paths import ProfilePaths
         from rfpp.report import write_report
 

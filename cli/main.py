@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 @app.command()
 def config(profile: str = ProfileOpt, overrides: list[str] = OverridesArg) -> None:
     """Print the resolved configuration of a profile (after overrides)."""
-    resolve(profile, overrides, dry_run=True)
+    resolve(profile, overrides, dry_run=True, gpus=0)
 
 
 for module in (teacher, features, pairs, train, evaluate):

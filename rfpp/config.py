@@ -62,13 +62,14 @@ class PairsConfig:
 
 @dataclass
 class ArmConfig:
-    """One training arm: timestep distribution, loss and initialisation."""
+    """One training arm: timestep distribution, loss and initialisation; `batch` overrides train.batch."""
 
     timesteps: str = "u_shaped"
     a: float = 4.0
     loss: str = "lpips-huber"
     init: str = "teacher"
     huber_c: str = "reference"
+    batch: int | None = None
 
 
 @dataclass
@@ -89,6 +90,7 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool = False
     ckpt_every: int = 500
+    gpus: int = 1
     keep_last: int = 2
     perceptual: str = "lpips-vgg16"
     micro_batch: int | None = None  # per-rank forward batch; None = batch / world size (no accumulation)
@@ -309,6 +311,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"train.arms.{name}.loss: {arm.loss!r} is not one of {', '.join(losses)}")
         if arm.init not in ("teacher", "scratch"):
             raise ConfigError(f"train.arms.{name}.init: must be 'teacher' or 'scratch', not {arm.init!r}")
+        if arm.batch is not None and arm.batch < 1:
+            raise ConfigError(f"train.arms.{name}.batch: must be at least 1, got {arm.batch}")
         if arm.a <= 0:
             raise ConfigError(f"train.arms.{name}.a: must be > 0, got {arm.a}")
     positive = {"pairs.count": config.pairs.count, "pairs.num_shards": config.pairs.num_shards,
@@ -317,6 +321,8 @@ def validate(config: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key}: must be at least 1, got {value}")
+    if config.train.gpus < 1:
+        raise ConfigError(f"train.gpus: must be at least 1, got {config.train.gpus}")
     if not 0 < config.train.lr < 1:
         raise ConfigError(f"train.lr: must be in (0, 1), got {config.train.lr}")
     if not 0 <= config.train.ema < 1:

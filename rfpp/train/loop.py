@@ -14,6 +14,7 @@ rfpp model file (rfpp.checkpoints.save_model). Rank 0 alone writes and logs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import shutil
@@ -231,7 +232,8 @@ def train_arm(config: Config, arm: str, paths: ProfilePaths | None = None, resum
         raise ConfigError(f"unknown arm {arm!r}; this profile's arms: {', '.join(config.train.arms)}")
     paths = paths or ProfilePaths.of(config.profile)
     env = env or rdist.setup(config.device)
-    train, arm_cfg = config.train, config.train.arms[arm]
+    arm_cfg = config.train.arms[arm]
+    train = dataclasses.replace(config.train, batch=arm_cfg.batch or config.train.batch)
     out_dir = paths.train_dir(arm)
     ckpt_dir, sample_dir = out_dir / "checkpoints", out_dir / "samples"
     say = (lambda msg: tqdm.write(f"[train {arm}] {msg}", file=sys.stderr)) if env.is_main else (lambda msg: None)
