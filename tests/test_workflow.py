@@ -89,7 +89,7 @@ def test_every_profile_fits_the_schema_and_the_config(profile):
 
 
 def test_the_schema_lists_every_config_key():
-    """The schema mirrors rfpp.config's dataclasses: same sections, same keys (train.gpus is the workflow's)."""
+    """The schema mirrors rfpp.config's dataclasses: same sections, same keys."""
     from rfpp import config as cfg
 
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "params.schema.yaml").read_text())
@@ -99,7 +99,7 @@ def test_the_schema_lists_every_config_key():
     for name, prop in props.items():
         if dataclasses.is_dataclass(hints[name]):
             keys = {f.name for f in dataclasses.fields(hints[name])}
-            assert set(prop["properties"]) - {"gpus"} == keys, name
+            assert set(prop["properties"]) == keys, name
     arm = schema["definitions"]["arm"]["properties"]
     assert set(arm) == {f.name for f in dataclasses.fields(cfg.ArmConfig)}
 
