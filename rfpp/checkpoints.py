@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,24 +76,35 @@ def save_model(path: str | Path, net: nn.Module, sigma_data: float = 0.5, meta: 
     return atomic_torch_save(payload, path)
 
 
-def load_state_strict(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """load_state_dict(strict=True) with an error that lists what differs and says what to do."""
-    ours = net.state_dict()
-    missing = sorted(set(ours) - set(state))
-    unexpected = sorted(set(state) - set(ours))
-    shapes = sorted(k for k in set(ours) & set(state) if tuple(ours[k].shape) != tuple(state[k].shape))
+_MAX_LISTED = 8
+
+
+def listing(keys: list[str]) -> str:
+    more = f" … and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
+    return ", ".join(keys[:_MAX_LISTED]) + more
+
+
+def load_state_strict(net: nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                      error: type[Exception] = CheckpointError) -> None:
+    """net.load_state_dict(state, strict=True), or `error` naming the missing, unexpected and mis-shaped keys
+    (a checkpoint of another architecture or configuration) and what to do."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
     if missing or unexpected or shapes:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+            parts.append(f"{len(missing)} missing key(s): {listing(missing)}")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+            parts.append(f"{len(unexpected)} unexpected key(s): {listing(unexpected)}")
         if shapes:
-            k = shapes[0]
-            parts.append(f"{len(shapes)} of another shape (e.g. {k}: file {tuple(state[k].shape)} vs network "
-                         f"{tuple(ours[k].shape)})")
-        raise CheckpointError(f"{source} holds a network of another architecture or configuration: "
-                              f"{'; '.join(parts)}. Use the configuration the checkpoint was made with.")
+            parts.append(f"{len(shapes)} shape mismatch(es) (checkpoint vs network): {listing(shapes)}")
+        raise error(f"the weights in {source} do not fit a {type(net).__name__} built from the given configuration: "
+                    + "; ".join(parts) + ". The checkpoint is probably of another architecture or configuration: "
+                    "use the one it was made with (model_channels, channel_mult, num_blocks, attn_resolutions, "
+                    "label_dim, embedding_type, encoder_type, …).")
     net.load_state_dict(state, strict=True)
 
 

@@ -34,7 +34,7 @@ def as_one_hot(class_labels: torch.Tensor | None, label_dim: int, batch: int,
     return class_labels
 
 
-def _per_sample(value: torch.Tensor | float, batch: int, like: torch.Tensor) -> torch.Tensor:
+def per_sample(value: torch.Tensor | float, batch: int, like: torch.Tensor) -> torch.Tensor:
     """A scalar or (N,) time/noise level as a (N, 1, 1, 1) tensor in `like`'s dtype and device."""
     value = torch.as_tensor(value, device=like.device).to(like.dtype).reshape(-1)
     if value.numel() == 1:
@@ -74,7 +74,7 @@ class EDMDenoiser(nn.Module):
                 class_labels: torch.Tensor | None = None) -> torch.Tensor:
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         x = x.to(work)
-        sigma = _per_sample(sigma, x.shape[0], x)
+        sigma = per_sample(sigma, x.shape[0], x)
         labels = as_one_hot(class_labels, self.label_dim, x.shape[0], x.device, work)
         sd2 = self.sigma_data**2
         c_skip = sd2 / (sigma**2 + sd2)
@@ -117,6 +117,6 @@ class EDMVelocity(nn.Module):
                 class_labels: torch.Tensor | None = None) -> torch.Tensor:
         work = torch.float64 if x_t.dtype == torch.float64 else torch.float32
         x_t = x_t.to(work)
-        t = _per_sample(t, x_t.shape[0], x_t)
+        t = per_sample(t, x_t.shape[0], x_t)
         denoised = self.denoiser(x_t / (1 - t), (t / (1 - t)).flatten(), class_labels)
         return (x_t - denoised) / t

@@ -17,16 +17,7 @@ import torch
 from torch import nn
 
 from rfpp.nets import EDMDenoiser
-from rfpp.nets.precond import as_one_hot
-
-
-def _column(sigma: torch.Tensor | float, batch: int, like: torch.Tensor) -> torch.Tensor:
-    sigma = torch.as_tensor(sigma, device=like.device).to(like.dtype).reshape(-1)
-    if sigma.numel() == 1:
-        sigma = sigma.expand(batch)
-    if sigma.numel() != batch:
-        raise ValueError(f"got {sigma.numel()} noise levels for a batch of {batch}")
-    return sigma.reshape(-1, 1, 1, 1)
+from rfpp.nets.precond import as_one_hot, per_sample
 
 
 class _ScoreSDEDenoiser(EDMDenoiser):
@@ -39,7 +30,7 @@ class _ScoreSDEDenoiser(EDMDenoiser):
                 class_labels: torch.Tensor | None = None) -> torch.Tensor:
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         x = x.to(work)
-        sigma = _column(sigma, x.shape[0], x)
+        sigma = per_sample(sigma, x.shape[0], x)
         labels = as_one_hot(class_labels, self.label_dim, x.shape[0], x.device, work)
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         dtype = self.net_dtype or work

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rfpp.checkpoints import listing, load_state_strict
 from rfpp.nets import ARCHITECTURES, EDMDenoiser, build_network
 from rfpp.teachers.denoisers import VEDenoiser, VPDenoiser
 from rfpp.teachers.download import download
@@ -46,40 +47,10 @@ _PRECOND_SIGNATURES: dict[str, dict[str, Any]] = {
                       sigma_max=100.0, model_type="SongUNet"),
 }
 SUPPORTED_PRECONDS = tuple(_PRECOND_SIGNATURES)
-_MAX_LISTED = 8
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Weights
-
-
-def _listing(keys: list[str]) -> str:
-    more = f" … and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
-    return ", ".join(keys[:_MAX_LISTED]) + more
-
-
-def load_weights_strict(net: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """``net.load_state_dict(state_dict, strict=True)`` with an error naming the missing, unexpected and
-    mis-shaped keys and what that usually means."""
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_listing(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es) (checkpoint vs network): {_listing(shapes)}")
-        raise TeacherLoadError(
-            f"the weights in {source} do not fit a {type(net).__name__} built from the given configuration: "
-            + "; ".join(parts) + ". The checkpoint is probably of another architecture or configuration: check "
-            "the arch and config (model_channels, channel_mult, num_blocks, attn_resolutions, label_dim, "
-            "embedding_type, encoder_type, …) you passed.")
-    net.load_state_dict(state_dict, strict=True)
 
 
 def _collect_tensors(record: Any, prefix: str, out: OrderedDict, where: str) -> None:
@@ -171,9 +142,9 @@ def _denoiser_from_record(ema: Any, where: str) -> EDMDenoiser:
     _collect_tensors(ema, "", tensors, where)
     outside = [k for k in tensors if not k.startswith("model.")]
     if outside:
-        raise TeacherLoadError(f"{where}: unexpected tensors outside the model: {_listing(outside)}")
+        raise TeacherLoadError(f"{where}: unexpected tensors outside the model: {listing(outside)}")
     state_dict = OrderedDict((k[len("model."):], v) for k, v in tensors.items())
-    load_weights_strict(net, state_dict, where)
+    load_state_strict(net, state_dict, where, error=TeacherLoadError)
 
     if ema.class_name == "EDMPrecond":
         sigma_data = float(ema.state.get("sigma_data", precond_kwargs["sigma_data"]))
@@ -308,7 +279,7 @@ def load_state_dict_teacher(path: str | os.PathLike, arch: str, config: Mapping[
             net = build_network(arch, **config)
         except TypeError as e:
             raise TeacherLoadError(f"rfpp.nets.{arch} cannot be built from config {config}: {e}") from e
-    load_weights_strict(net, state_dict, str(path))
+    load_state_strict(net, state_dict, str(path), error=TeacherLoadError)
     denoiser = EDMDenoiser(net, sigma_data=float(sigma_data if sigma_data is not None else config_sigma))
     denoiser.snapshot_info = dict(precond="EDMPrecond", network=dict(model_type=arch, **net.config),
                                   sigma_data=denoiser.sigma_data, source=str(path))
