@@ -19,7 +19,8 @@ def register(app: typer.Typer) -> None:
                  ) -> None:
         """Train the profile's feature network (the digits classifier) used by the perceptual loss and FID.
 
-        A small CNN on the profile's dataset at data.resolution, with a stratified 20% held-out split whose
+        A small CNN on the profile's dataset at eval.feature_resolution (default data.resolution; images
+        are resized to it bilinearly, as LPIPS resizes to 224), with a stratified 20% held-out split whose
         accuracy is reported and stored in the file. Its features stand in for VGG16 (LPIPS) and Inception
         (FID) where those cannot be had; every output that uses it says so.
         """
@@ -29,7 +30,8 @@ def register(app: typer.Typer) -> None:
 
         path = out or str(ProfilePaths.of(config.profile).features)
         try:
-            record = build_feature_net(config.data.dataset, config.data.resolution, path,
+            resolution = config.eval.feature_resolution or config.data.resolution
+            record = build_feature_net(config.data.dataset, resolution, path,
                                        seed=config.seed if seed is None else seed, steps=steps, progress=True)
         except (ValueError, FileNotFoundError, OSError) as err:
             fail(str(err))

@@ -135,6 +135,8 @@ class EvalConfig:
     profile's stand-in). `reference`: "dataset" (statistics computed from data.dataset), a URL or a path of
     an .npz with mu/sigma. `inception_weights`: a local path or URL of the Inception weights (default: the
     torch hub cache, downloading from torch-fidelity's URL if absent). `isc`/`kid`/`prc`: extra metrics.
+    `feature_resolution`: the side the digits classifier is trained and run at (images are resized to it
+    bilinearly, as LPIPS resizes to VGG's 224); None = data.resolution.
     """
 
     feature_net: str = "inception"
@@ -147,6 +149,7 @@ class EvalConfig:
     kid: bool = False
     prc: bool = False
     kid_subset_size: int = 1000
+    feature_resolution: int | None = None
 
 
 @dataclass
@@ -321,6 +324,8 @@ def validate(config: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key}: must be at least 1, got {value}")
+    if config.eval.feature_resolution is not None and config.eval.feature_resolution < 4:
+        raise ConfigError(f"eval.feature_resolution: must be at least 4, got {config.eval.feature_resolution}")
     if config.train.gpus < 1:
         raise ConfigError(f"train.gpus: must be at least 1, got {config.train.gpus}")
     if not 0 < config.train.lr < 1:

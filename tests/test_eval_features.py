@@ -126,3 +126,16 @@ def test_registered_with_torch_fidelity_and_separates_digits_from_noise(trained,
     grey, = ext(images[:5])
     rgb, = ext(images[:5].expand(-1, 3, -1, -1))
     assert np.allclose(grey.numpy(), rgb.numpy(), atol=1e-5)
+
+
+def test_images_of_another_size_are_resized_to_the_classifier_resolution():
+    """A classifier trained at 16×16 sees 8×8 digits upsampled bilinearly (as LPIPS resizes to 224), in the
+    perceptual loss and in FID alike."""
+    torch.manual_seed(0)
+    net = DigitsClassifier(resolution=16).eval()
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    up = torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        for a, b in zip(net.feature_maps(x), net.feature_maps(up), strict=True):
+            assert a.shape[-1] == b.shape[-1] and torch.equal(a, b)
+        assert torch.equal(net.embed(x), net.embed(up))

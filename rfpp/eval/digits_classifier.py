@@ -64,7 +64,13 @@ class DigitsClassifier(nn.Module):
         return int(self.kwargs["in_channels"])
 
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Images in [−1, 1] (N, C, H, W) → the three block outputs, at full, 1/2 and 1/4 resolution."""
+        """Images in [−1, 1] (N, C, H, W) → the three block outputs, at full, 1/2 and 1/4 resolution.
+
+        Images of another size are first resized bilinearly to the resolution the network was trained at
+        (as LPIPS resizes to VGG's 224), so the perceptual loss and FID see what the classifier knows.
+        """
+        if x.shape[-2:] != (self.resolution, self.resolution):
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
         f1 = self.block1(x)
         f2 = self.block2(F.avg_pool2d(f1, 2))
         f3 = self.block3(F.avg_pool2d(f2, 2))
