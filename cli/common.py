@@ -10,7 +10,6 @@ from rfpp.config import Config, ConfigError, load_config
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-EXIT_MISSING_STAGE = 3
 
 ProfileOpt = typer.Option("digits", "--profile", "-p", help="Profile name in params/ or a YAML path.")
 OverridesArg = typer.Argument(None, help="Dotted overrides, e.g. train.lr=1e-4 sample.nfe=[1,2].")
@@ -45,8 +44,3 @@ def resolve(profile: str, overrides: list[str] | None, dry_run: bool, gpus: int 
         except GPUClaimError as err:
             fail(str(err))
     return config
-
-
-def not_built(stage: str, issue: int) -> None:
-    fail(f"the '{stage}' stage is not built yet in this version of rfpp (tracked in issue #{issue}); "
-         "the pipeline stops here", EXIT_MISSING_STAGE)

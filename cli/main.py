@@ -2,8 +2,8 @@
 
 Every stage takes `--profile` (params/<profile>.yaml or a YAML path) and dotted overrides such as
 `train.lr=1e-4`; `--dry-run` prints the resolved configuration and exits. Exit codes: 0 success,
-1 a failure (the message names it), 2 bad usage or configuration, 3 a stage this version does not
-provide yet. Each stage's command lives in its own module cli/<stage>.py with a `register(app)`.
+1 a failure (the message names it and what to do), 2 bad usage or configuration. Each stage's command
+lives in its own module cli/<stage>.py with a `register(app)`.
 """
 
 from __future__ import annotations
