@@ -70,19 +70,24 @@ class EDMDenoiser(nn.Module):
     def img_channels(self) -> int:
         return int(self.net.config["in_channels"])
 
+    def coefficients(self, sigma: torch.Tensor) -> tuple:
+        """(c_skip, c_out, c_in, c_noise) at noise levels σ of shape (N, 1, 1, 1): EDM's preconditioning.
+        Other preconditionings (rfpp.teachers.VPDenoiser, VEDenoiser) override only this."""
+        sd2 = self.sigma_data**2
+        c_skip = sd2 / (sigma**2 + sd2)
+        c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
+        c_in = 1 / (sigma**2 + sd2).sqrt()
+        return c_skip, c_out, c_in, sigma.log() / 4
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float,
                 class_labels: torch.Tensor | None = None) -> torch.Tensor:
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         x = x.to(work)
         sigma = per_sample(sigma, x.shape[0], x)
         labels = as_one_hot(class_labels, self.label_dim, x.shape[0], x.device, work)
-        sd2 = self.sigma_data**2
-        c_skip = sd2 / (sigma**2 + sd2)
-        c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
-        c_in = 1 / (sigma**2 + sd2).sqrt()
-        c_noise = sigma.log().flatten() / 4
+        c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         dtype = self.net_dtype or work
-        out = self.net((c_in * x).to(dtype), c_noise, None if labels is None else labels.to(dtype))
+        out = self.net((c_in * x).to(dtype), c_noise.flatten(), None if labels is None else labels.to(dtype))
         return c_skip * x + c_out * out.to(work)
 
 

@@ -17,29 +17,9 @@ import torch
 from torch import nn
 
 from rfpp.nets import EDMDenoiser
-from rfpp.nets.precond import as_one_hot, per_sample
 
 
-class _ScoreSDEDenoiser(EDMDenoiser):
-    """D(x, σ) with coefficients from :meth:`coefficients`; precision handling as in EDMDenoiser."""
-
-    def coefficients(self, sigma: torch.Tensor) -> tuple:
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float,
-                class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        work = torch.float64 if x.dtype == torch.float64 else torch.float32
-        x = x.to(work)
-        sigma = per_sample(sigma, x.shape[0], x)
-        labels = as_one_hot(class_labels, self.label_dim, x.shape[0], x.device, work)
-        c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
-        dtype = self.net_dtype or work
-        out = self.net((c_in * x).to(dtype), c_noise.flatten(),
-                       None if labels is None else labels.to(dtype))
-        return c_skip * x + c_out * out.to(work)
-
-
-class VPDenoiser(_ScoreSDEDenoiser):
+class VPDenoiser(EDMDenoiser):
     """Variance-preserving preconditioning (EDM's VPPrecond)."""
 
     def __init__(self, net: nn.Module, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000,
@@ -55,7 +35,7 @@ class VPDenoiser(_ScoreSDEDenoiser):
         return 1.0, -sigma, 1 / (sigma**2 + 1).sqrt(), (self.M - 1) * self.sigma_inv(sigma)
 
 
-class VEDenoiser(_ScoreSDEDenoiser):
+class VEDenoiser(EDMDenoiser):
     """Variance-exploding preconditioning (EDM's VEPrecond)."""
 
     def __init__(self, net: nn.Module, net_dtype: torch.dtype | None = None):
