@@ -287,18 +287,26 @@ def test_snakemake_runs_teacher_and_pairs(tmp_path):
     assert rules == ["pairs"] + ["pairs_shard"] * 4
 
 
-@pytest.mark.slow
-def test_dvc_repro_push_and_experiment_of_teacher_and_pairs(tmp_path):
+GIT = ["git", "-c", "user.name=rfpp", "-c", "user.email=rfpp@localhost"]
+
+
+def _dvc_workspace(tmp_path: Path, gitignore: str) -> Path:
+    """A git + DVC repository holding the workflow, with dvc.yaml pointed at the tiny profile."""
     work = _workspace(tmp_path)
     text = (work / "dvc.yaml").read_text()
     (work / "dvc.yaml").write_text(text.replace("  - params/digits.yaml\n", "  - params/tiny.yaml\n"))
-    (work / ".gitignore").write_text("/results/\n")
-    git = ["git", "-c", "user.name=rfpp", "-c", "user.email=rfpp@localhost"]
+    (work / ".gitignore").write_text(gitignore)
     _run(["git", "init", "-q"], cwd=work)
     _run([DVC, "init", "-q"], cwd=work)
+    return work
+
+
+@pytest.mark.slow
+def test_dvc_repro_push_and_experiment_of_teacher_and_pairs(tmp_path):
+    work = _dvc_workspace(tmp_path, "/results/\n")
     _run([DVC, "remote", "add", "-d", "store", str(tmp_path / "store")], cwd=work)
-    _run([*git, "add", "-A"], cwd=work)
-    _run([*git, "commit", "-qm", "workflow"], cwd=work)
+    _run([*GIT, "add", "-A"], cwd=work)
+    _run([*GIT, "commit", "-qm", "workflow"], cwd=work)
 
     stages = dvc_stages(work)
     assert {"teacher", "pairs", "pairs_shard@3", "train@rfpp", "sample@rfpp-2", "fid@baseline-1", "report"} <= \
@@ -314,8 +322,8 @@ def test_dvc_repro_push_and_experiment_of_teacher_and_pairs(tmp_path):
     assert len(md5s) >= 1 + 4 * 2 + 1  # teacher, 4 x (record, images), manifest (label files are alike)
     for md5 in md5s:  # every output is in the remote
         assert (tmp_path / "store" / "files" / "md5" / md5[:2] / md5[2:]).is_file()
-    _run([*git, "add", "dvc.lock"], cwd=work)
-    _run([*git, "commit", "-qm", "pairs"], cwd=work)
+    _run([*GIT, "add", "dvc.lock"], cwd=work)
+    _run([*GIT, "commit", "-qm", "pairs"], cwd=work)
 
     # An experiment with another pairs seed: shards and manifest are redone, the teacher is not.
     log = _run([DVC, "exp", "run", "-S", "params/tiny.yaml:pairs.seed=5", "pairs"], cwd=work)
@@ -328,13 +336,7 @@ def test_dvc_repro_push_and_experiment_of_teacher_and_pairs(tmp_path):
 @pytest.mark.slow
 def test_dvc_runs_the_whole_tiny_pipeline_with_metrics_and_plots(tmp_path):
     """Every stage through `dvc repro` on the tiny profile; FID metrics and the report's plots are visible."""
-    work = _workspace(tmp_path)
-    text = (work / "dvc.yaml").read_text()
-    (work / "dvc.yaml").write_text(text.replace("  - params/digits.yaml\n", "  - params/tiny.yaml\n"))
-    (work / ".gitignore").write_text("/results/\n/dvc_plots/\n")
-    git = ["git", "-c", "user.name=rfpp", "-c", "user.email=rfpp@localhost"]
-    _run(["git", "init", "-q"], cwd=work)
-    _run([DVC, "init", "-q"], cwd=work)
+    work = _dvc_workspace(tmp_path, "/results/\n/dvc_plots/\n")
     _run([DVC, "repro"], cwd=work, timeout=1200)
     assert (work / "results/tiny/report.md").is_file()
     metrics = json.loads(_run([DVC, "metrics", "show", "--json"], cwd=work))
@@ -344,8 +346,8 @@ def test_dvc_runs_the_whole_tiny_pipeline_with_metrics_and_plots(tmp_path):
     _run([DVC, "plots", "show", "-o", "dvc_plots"], cwd=work)
     html = (work / "dvc_plots" / "index.html").read_text()
     assert "fid_vs_nfe.png" in html
-    _run([*git, "add", "-A"], cwd=work)
-    _run([*git, "commit", "-qm", "tiny run"], cwd=work)
+    _run([*GIT, "add", "-A"], cwd=work)
+    _run([*GIT, "commit", "-qm", "tiny run"], cwd=work)
     assert "Data and pipelines are up to date" in _run([DVC, "status"], cwd=work)
     assert "Running stage" not in _run([DVC, "repro", "--dry"], cwd=work)
     diff = json.loads(_run([DVC, "metrics", "diff", "--all", "--json"], cwd=work))
