@@ -35,7 +35,8 @@ class DataConfig:
 @dataclass
 class TeacherConfig:
     """Where the teacher comes from: 'train' (a 1-rectified flow trained here), an EDM snapshot name,
-    or a path/URL. `net` holds EDM's constructor keyword arguments for a trained teacher."""
+    or a path/URL. `net` holds EDM's constructor keyword arguments for a trained teacher. `grid` samples
+    of `grid_nfe` Heun NFE (an even number is raised by one) make the preview teacher/samples.png."""
 
     source: str = "train"
     arch: str = "SongUNet"
@@ -45,6 +46,8 @@ class TeacherConfig:
     lr: float = 2e-4
     ema: float = 0.999
     sha256: str | None = None
+    grid: int = 64
+    grid_nfe: int = 15
 
 
 @dataclass
@@ -318,7 +321,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"train.arms.{name}.batch: must be at least 1, got {arm.batch}")
         if arm.a <= 0:
             raise ConfigError(f"train.arms.{name}.a: must be > 0, got {arm.a}")
-    positive = {"pairs.count": config.pairs.count, "pairs.num_shards": config.pairs.num_shards,
+    positive = {"teacher.grid": config.teacher.grid, "teacher.grid_nfe": config.teacher.grid_nfe,
+                "pairs.count": config.pairs.count, "pairs.num_shards": config.pairs.num_shards,
                 "train.steps": config.train.steps, "train.batch": config.train.batch,
                 "sample.num_samples": config.sample.num_samples, "data.resolution": config.data.resolution}
     for key, value in positive.items():

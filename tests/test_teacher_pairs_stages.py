@@ -107,3 +107,32 @@ def test_teacher_arch_mismatch_is_refused(tmp_path, monkeypatch):
     config = load_config(str(write_profile(tmp_path, teacher={"source": str(snapshot), "arch": "DhariwalUNet"})))
     with pytest.raises(TeacherLoadError, match="holds a SongUNet, but the profile says teacher.arch: DhariwalUNet"):
         run_teacher_stage(config, ProfilePaths.of("tiny", tmp_path / "results"), progress=False)
+
+
+def test_teacher_preview_grid_size_and_nfe_come_from_the_profile(tmp_path, monkeypatch):
+    """teacher.grid / teacher.grid_nfe set the preview teacher/samples.png (64 samples at 15 NFE by default: far
+    too much for a real EDM network on a CPU)."""
+    from PIL import Image
+
+    from rfpp.images import save_grid
+    from rfpp.sampling import sample
+    from rfpp.teachers import stage
+
+    net = randomize_(SongUNet(img_resolution=8, in_channels=1, out_channels=1, model_channels=16,
+                              channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.0))
+    snapshot = write_snapshot(tmp_path / "snap.pkl", precond_stand_in(net), tmp_path / "executed")
+    monkeypatch.chdir(tmp_path)
+    calls = []
+
+    def spy(velocity, noise, **kwargs):  # records what the stage asks of the real sampler
+        calls.append((noise.shape[0], kwargs["nfe"], kwargs["solver"]))
+        return sample(velocity, noise, **kwargs)
+
+    monkeypatch.setattr(stage, "sample", spy)
+    config = load_config(str(write_profile(tmp_path, teacher={"source": str(snapshot), "grid": 4, "grid_nfe": 2})))
+    path = run_teacher_stage(config, ProfilePaths.of("tiny", tmp_path / "results"), progress=False)
+    assert calls == [(4, 3, "heun")]  # Heun needs an odd NFE: 2 -> 3
+    expected = save_grid(torch.zeros(4, 1, 8, 8), tmp_path / "four.png", scale=8)
+    with Image.open(path.parent / "samples.png") as got, Image.open(expected) as want:
+        assert got.size == want.size
+    assert load_config("cifar10").teacher.grid == 64 and load_config("cifar10").teacher.grid_nfe == 15

@@ -5,7 +5,8 @@
 - an EDM snapshot name (rfpp.teachers.TEACHERS), URL or .pkl path: downloaded (resumable, sha256
   recorded and checked), loaded without executing anything, its `ema` network written out.
 - a .pt/.pth plain state dict of EDMPrecond's `model.…` keys with `teacher.net` as its configuration.
-The resolved configuration is saved beside the output as teacher/config.yaml.
+The resolved configuration is saved beside the output as teacher/config.yaml; every teacher's preview grid,
+teacher/samples.png, shows `teacher.grid` samples of `teacher.grid_nfe` Heun NFE.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def run_teacher_stage(config: Config, paths: ProfilePaths | None = None, progres
         _write_config(config, paths.teacher_dir)
         write_json(paths.teacher_dir / "teacher.json", meta)
         velocity = EDMVelocity(EDMDenoiser(net.to(device).eval(), sigma_data=sigma_data))
-        grid = sample_grid(velocity, paths.teacher_dir / "samples.png", device=device)
+        grid = sample_grid(velocity, paths.teacher_dir / "samples.png", count=tc.grid, nfe=tc.grid_nfe, device=device)
         run.log_image_file(grid, artifact_path="teacher")
         run.set_tags({"rfpp.teacher.source": str(tc.source)})
     return paths.teacher
