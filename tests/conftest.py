@@ -1,4 +1,5 @@
-"""Shared fixtures: the reference implementation's golden vectors in ../shared/golden."""
+"""Shared fixtures: the reference implementation's golden vectors in ../shared/golden; a TORCH_HOME holding
+random-weight stand-ins for the downloaded VGG16 and Inception files."""
 
 from __future__ import annotations
 
@@ -54,3 +55,15 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def offline_torch_home(tmp_path_factory) -> Path:
+    """A TORCH_HOME whose hub cache holds random-weight VGG16 (LPIPS trunk) and Inception (FID) files under the real
+    file names (tests/weight_files.py): what an offline machine needs in place of the two downloads."""
+    from weight_files import write_random_inception, write_random_vgg16
+
+    home = tmp_path_factory.mktemp("offline_torch_home")
+    write_random_vgg16(home)
+    write_random_inception(home)
+    return home

@@ -163,8 +163,8 @@ def precond_stand_in(net: nn.Module, precond: str = "EDMPrecond", use_fp16: bool
     return PrecondStandIn(precond, net, attrs, init_kwargs)
 
 
-def snapshot_bytes(ema: Any, sentinel: str | Path, protocol: int = 4, extra: dict | None = None) -> bytes:
-    """EDM's snapshot dict around `ema` (a PrecondStandIn or any object), pickled as EDM does."""
+def dump_snapshot(file: Any, ema: Any, sentinel: str | Path, protocol: int = 4, extra: dict | None = None) -> None:
+    """EDM's snapshot dict around `ema` (a PrecondStandIn or any object), pickled into `file` as EDM does."""
     if isinstance(ema, nn.Module):
         ema = ema.eval().requires_grad_(False)
     data = dict(
@@ -175,16 +175,23 @@ def snapshot_bytes(ema: Any, sentinel: str | Path, protocol: int = 4, extra: dic
                             use_labels=False, xflip=False, cache=True, resolution=8, max_size=100),
     )
     data.update(extra or {})
-    buf = io.BytesIO()
     with fake_torch_utils():
-        EDMPickler(buf, protocol, module_source(sentinel)).dump(data)
+        EDMPickler(file, protocol, module_source(sentinel)).dump(data)
+
+
+def snapshot_bytes(ema: Any, sentinel: str | Path, protocol: int = 4, extra: dict | None = None) -> bytes:
+    """EDM's snapshot dict around `ema`, pickled as EDM does, as bytes."""
+    buf = io.BytesIO()
+    dump_snapshot(buf, ema, sentinel, protocol, extra)
     return buf.getvalue()
 
 
 def write_snapshot(path: str | Path, ema: Any, sentinel: str | Path, protocol: int = 4,
                    extra: dict | None = None) -> Path:
+    """The snapshot written straight to `path` (no copy in memory: an ImageNet-64 network is 1.2 GB)."""
     path = Path(path)
-    path.write_bytes(snapshot_bytes(ema, sentinel, protocol, extra))
+    with path.open("wb") as f:
+        dump_snapshot(f, ema, sentinel, protocol, extra)
     return path
 
 
@@ -195,3 +202,74 @@ def randomize_(net: nn.Module, seed: int = 0, std: float = 0.2) -> nn.Module:
         for t in list(net.parameters()) + list(net.buffers()):
             t.copy_(torch.randn(t.shape, generator=g) * std)
     return net
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The networks of EDM's released snapshots
+
+# EDM's README ("Training new models", the table of the released runs) gives each run's options on top of
+# train.py's defaults (--dropout 0.13, --augment 0.12, --fp16 0); --augment > 0 sets augment_dim = 9.
+EDM_RUN_OPTIONS: dict[str, dict[str, Any]] = {
+    "cifar10": dict(dropout=0.13, augment=0.12, fp16=False),
+    "ffhq": dict(cres=[1, 2, 2, 2], dropout=0.05, augment=0.15, fp16=False),
+    "afhqv2": dict(cres=[1, 2, 2, 2], dropout=0.25, augment=0.15, fp16=False),
+    "imagenet": dict(dropout=0.10, augment=0.0, fp16=True),
+}
+
+
+def edm_release_network(spec: Any) -> tuple[str, dict[str, Any], bool]:
+    """(model_type, the network's constructor kwargs, use_fp16) of the released snapshot described by `spec`
+    (an rfpp.teachers.registry.TeacherSpec), built as EDM's train.py builds it from the run's options."""
+    if spec.arch == "ddpmpp":
+        model_type = "SongUNet"
+        kwargs: dict[str, Any] = dict(embedding_type="positional", encoder_type="standard", decoder_type="standard",
+                                      channel_mult_noise=1, resample_filter=[1, 1], model_channels=128,
+                                      channel_mult=[2, 2, 2])
+    elif spec.arch == "ncsnpp":
+        model_type = "SongUNet"
+        kwargs = dict(embedding_type="fourier", encoder_type="residual", decoder_type="standard", channel_mult_noise=2,
+                      resample_filter=[1, 3, 3, 1], model_channels=128, channel_mult=[2, 2, 2])
+    else:
+        assert spec.arch == "adm", spec.arch
+        model_type = "DhariwalUNet"
+        kwargs = dict(model_channels=192, channel_mult=[1, 2, 3, 4])
+    options = EDM_RUN_OPTIONS[spec.dataset]
+    if "cres" in options:
+        kwargs["channel_mult"] = list(options["cres"])
+    if options["augment"]:
+        kwargs["augment_dim"] = 9
+    kwargs["dropout"] = options["dropout"]
+    label_dim = {"cifar10": 10, "imagenet": 1000}[spec.dataset] if spec.conditional else 0
+    net_kwargs = dict(img_resolution=spec.resolution, in_channels=3, out_channels=3, label_dim=label_dim, **kwargs)
+    return model_type, net_kwargs, bool(options["fp16"])
+
+
+def randomize_zero_init_(net: nn.Module, seed: int = 0, gain: float = 0.3) -> nn.Module:
+    """Give the weights EDM initialises to (almost) zero (ADM's init_weight 0, DDPM++/NCSN++'s 1e-5: output and
+    residual convolutions) random values of std gain/sqrt(fan_in), so the network's output depends on every block."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            fan_in = p[0].numel() if p.ndim >= 2 else 0
+            if fan_in and float(p.abs().max()) < 1e-3 / math.sqrt(fan_in):
+                p.copy_(torch.randn(p.shape, generator=g) * (gain / math.sqrt(fan_in)))
+    return net
+
+
+def write_release_snapshot(path: str | Path, spec: Any, sentinel: str | Path, seed: int = 0) -> tuple[Path, nn.Module]:
+    """A random-weight stand-in for the released snapshot of `spec` (same architecture, resolution, channels,
+    conditioning and preconditioning), in EDM's format: EDM's own initialisation drawn from `seed`, zero-initialised
+    layers made random (randomize_zero_init_) → (the file, the network written)."""
+    from rfpp.nets import build_network
+
+    model_type, net_kwargs, use_fp16 = edm_release_network(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_network(model_type, **net_kwargs)
+    randomize_zero_init_(net, seed)
+    res, cond = spec.resolution, spec.conditional
+    dataset = dict(class_name="training.dataset.ImageFolderDataset", path=f"datasets/{spec.dataset}-{res}x{res}.zip",
+                   use_labels=cond, xflip=False, cache=True, resolution=res, max_size=50000)
+    written = write_snapshot(path, precond_stand_in(net, spec.precond, use_fp16=use_fp16), sentinel,
+                             extra=dict(dataset_kwargs=dataset))
+    return written, net

@@ -11,6 +11,7 @@ import pytest
 import scipy.linalg
 import torch
 from local_http_server import LocalFileServer
+from weight_files import write_random_inception
 
 from rfpp.data import DigitsDataset
 from rfpp.eval import save_feature_net, train_classifier
@@ -134,21 +135,8 @@ def test_extra_metrics_with_a_dataset_reference(digits_net, tmp_path):
 @pytest.fixture(scope="module")
 def inception_home(tmp_path_factory):
     """TORCH_HOME with a random-weight inception-v3-compat state dict under torch-fidelity's file name."""
-    import torch_fidelity.feature_extractor_inceptionv3 as tfi
-
-    with mock.patch.object(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None), \
-            mock.patch.object(tfi, "load_state_dict_from_url", lambda *a, **k: {}):
-        net = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    gen = torch.Generator().manual_seed(0)
-    for module in net.modules():  # variance-preserving random weights, so features are not vanishingly small
-        if isinstance(module, torch.nn.Conv2d):
-            fan_in = module.weight[0].numel()
-            module.weight.data = torch.randn(module.weight.shape, generator=gen) * (2 / fan_in) ** 0.5
     home = tmp_path_factory.mktemp("torch_home")
-    path = home / "hub" / "checkpoints" / INCEPTION_FILENAME
-    path.parent.mkdir(parents=True)
-    torch.save(net.state_dict(), path)
-    return home, path
+    return home, write_random_inception(home)
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import torchvision
 from conftest import load_golden, rel_err
 from torch import nn
+from weight_files import write_random_vgg16
 
 from rfpp.losses import (
     KINDS,
@@ -280,12 +281,7 @@ def torch_home(tmp_path_factory):
     a file already in the cache is loaded as is, exactly as for a user who placed the real file there by hand.
     """
     home = tmp_path_factory.mktemp("torch_home")
-    checkpoints = home / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    torch.manual_seed(1234)
-    state = torchvision.models.vgg16(weights=None).state_dict()
-    path = checkpoints / VGG_FILE
-    torch.save(state, path)
+    path, state = write_random_vgg16(home)
     features = {k: v for k, v in state.items() if k.startswith("features.")}
     del state
     yield home, features

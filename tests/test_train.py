@@ -224,12 +224,10 @@ def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(world, tmp_path, mon
 @pytest.fixture(scope="module")
 def torch_home(tmp_path_factory):
     """A TORCH_HOME whose hub cache holds a random-weight VGG16 under torchvision's file name (no download)."""
-    import torchvision
+    from weight_files import write_random_vgg16
 
     home = tmp_path_factory.mktemp("torch_home")
-    (home / "hub" / "checkpoints").mkdir(parents=True)
-    torch.manual_seed(1234)
-    torch.save(torchvision.models.vgg16(weights=None).state_dict(), home / "hub" / "checkpoints" / "vgg16-397923af.pth")
+    write_random_vgg16(home)
     return home
 
 

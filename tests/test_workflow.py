@@ -9,56 +9,16 @@ import dataclasses
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
 import typing
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
+from workflow_helpers import DVC, ROOT, SNAKEMAKE, dry_run_jobs, make_workspace
+from workflow_helpers import run as _run
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 PROFILES = sorted(p.stem for p in (ROOT / "params").glob("*.yaml"))
-SNAKEMAKE = str(BIN / "snakemake")
-DVC = str(BIN / "dvc")
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # `rfpp` and `python` resolve to this interpreter's
-    env.update(RFPP_TRACKING="off", PYTHONUNBUFFERED="1", **extra)
-    return env
-
-
-def _run(args: list[str], cwd: Path = ROOT, timeout: int = 600, **env: str) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n" \
-                                 f"{proc.stderr[-4000:]}"
-    return proc.stdout + proc.stderr
-
-
-def dry_run_jobs(*args: str, cwd: Path = ROOT, force: bool = True) -> list[dict]:
-    """Jobs of `snakemake -n -p`: rule, input, output, resources and shell command of each (every job of the DAG
-    with `force`, whatever results/ already holds; else only those that would run)."""
-    text = _run([SNAKEMAKE, "-n", "-p", "--cores", "1", *(["--forceall"] if force else []), *args], cwd=cwd)
-    jobs, job = [], None
-    for line in text.splitlines():
-        if m := re.match(r"^(?:local)?rule (\w+):$", line.strip()):
-            job = {"rule": m.group(1), "input": [], "output": [], "resources": {}, "shell": None}
-            jobs.append(job)
-        elif job is None:
-            continue
-        elif m := re.match(r"^\s+(input|output): (.*)$", line):
-            job[m.group(1)] = [p.strip() for p in m.group(2).split(",")]
-        elif m := re.match(r"^\s+resources: (.*)$", line):
-            job["resources"] = dict(kv.strip().split("=", 1) for kv in m.group(1).split(", "))
-        elif line.startswith("Shell command: "):
-            job["shell"] = line.removeprefix("Shell command: ").strip()
-    assert jobs or "Nothing to be done" in text, text[-3000:]
-    return jobs
 
 
 def tiny_profile(name: str = "tiny") -> dict:
@@ -256,13 +216,7 @@ def test_dvc_params_match_the_rules_sections():
 
 def _workspace(tmp_path: Path) -> Path:
     """A temporary project: the workflow files of this checkout plus params/tiny.yaml."""
-    work = tmp_path / "work"
-    (work / "params").mkdir(parents=True)
-    for name in ("Snakefile", "dvc.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, work / name)
-    shutil.copytree(ROOT / "workflow", work / "workflow")
-    (work / "params" / "tiny.yaml").write_text(yaml.safe_dump(tiny_profile(), sort_keys=False))
-    return work
+    return make_workspace(tmp_path, {"tiny": tiny_profile()})
 
 
 @pytest.mark.slow
