@@ -312,7 +312,7 @@ def train_arm(config: Config, arm: str, paths: ProfilePaths | None = None, resum
     model: nn.Module = student
     if env.distributed:
         model = DDP(student, device_ids=[device.index] if device.type == "cuda" else None)
-    if train.compile:
+    if train.compile:  # inductor draws its own dropout masks: compiled runs match eager ones only without dropout
         model = torch.compile(model)
         loss_fn = torch.compile(loss_fn)
     if device.type == "cuda":
