@@ -19,7 +19,9 @@ DryRunOpt = typer.Option(False, "--dry-run", help="Print the resolved configurat
 def fail(message: str, code: int = EXIT_FAILURE) -> None:
     """Print `error: message` on stderr and exit with `code`."""
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
+    exit_ = typer.Exit(code)
+    exit_.rfpp_message = message  # type: ignore[attr-defined]  # an open MLflow run records it (rfpp.tracking)
+    raise exit_
 
 
 def resolve(profile: str, overrides: list[str] | None, dry_run: bool, gpus: int = 1) -> Config:

@@ -25,18 +25,25 @@ def register(app: typer.Typer) -> None:
         (FID) where those cannot be had; every output that uses it says so.
         """
         config = resolve(profile, overrides, dry_run)
-        from rfpp.eval.digits_classifier import build_feature_net
+        from rfpp.eval.digits_classifier import STAND_IN_NOTE, build_feature_net
         from rfpp.paths import ProfilePaths
+        from rfpp.tracking import TrackingError, start_run
 
         path = out or str(ProfilePaths.of(config.profile).features)
         try:
-            resolution = config.eval.feature_resolution or config.data.resolution
-            record = build_feature_net(config.data.dataset, resolution, path,
-                                       seed=config.seed if seed is None else seed, steps=steps, progress=True)
-        except (ValueError, FileNotFoundError, OSError) as err:
+            with start_run(config, stage="features") as run:  # one MLflow run, like every stage
+                run.log_config(config)
+                resolution = config.eval.feature_resolution or config.data.resolution
+                record = build_feature_net(config.data.dataset, resolution, path,
+                                           seed=config.seed if seed is None else seed, steps=steps, progress=True)
+                run.log_metrics({"accuracy": record["accuracy"], "train_accuracy": record["train_accuracy"],
+                                 "seconds": record["seconds"]})
+                run.set_tags({"rfpp.features.path": record["path"], "rfpp.features.note": STAND_IN_NOTE})
+                typer.echo(json.dumps({k: record[k] for k in ("path", "accuracy", "num_train", "num_heldout",
+                                                              "seconds")}))
+                typer.echo(f"digits classifier: held-out accuracy {record['accuracy']:.2%} on "
+                           f"{record['num_heldout']} images; written to {record['path']}")
+                if record["accuracy"] < min_accuracy:  # inside the run: it ends FAILED with the reason
+                    fail(f"held-out accuracy {record['accuracy']:.2%} is below --min-accuracy {min_accuracy:.0%}")
+        except (ValueError, FileNotFoundError, OSError, TrackingError) as err:
             fail(str(err))
-        typer.echo(json.dumps({k: record[k] for k in ("path", "accuracy", "num_train", "num_heldout", "seconds")}))
-        typer.echo(f"digits classifier: held-out accuracy {record['accuracy']:.2%} on {record['num_heldout']} images; "
-                   f"written to {record['path']}")
-        if record["accuracy"] < min_accuracy:
-            fail(f"held-out accuracy {record['accuracy']:.2%} is below --min-accuracy {min_accuracy:.0%}")

@@ -446,7 +446,8 @@ def start_run(config: Any, stage: str, arm: str | None = None, run_name: str | N
         if _clean_exit(err):
             run.end("FINISHED")
         else:
-            run.set_tags({"rfpp.error": f"{type(err).__name__}: {err}"})
+            message = getattr(err, "rfpp_message", None)  # the CLI's fail(): its message, not "Exit: 1"
+            run.set_tags({"rfpp.error": message or f"{type(err).__name__}: {err}"})
             run.end("FAILED")
         raise
     else:

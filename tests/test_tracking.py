@@ -104,6 +104,29 @@ def test_two_arms_one_parent_params_metrics_artifacts_tags(store: str, tmp_path:
     assert "rfpp.arm" not in client.get_run(teacher.run_id).data.tags
 
 
+def test_features_stage_opens_its_run(store: str, tmp_path: Path) -> None:
+    """`rfpp features` logs like every stage: a child run tagged stage=features with the accuracy metric; a
+    classifier below --min-accuracy ends its run FAILED with the reason."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    ok = CliRunner().invoke(app, ["features", "--steps", "30", "--min-accuracy", "0", "--out", str(tmp_path / "a.pt")])
+    assert ok.exit_code == 0, ok.output
+    bad = CliRunner().invoke(app, ["features", "--steps", "1", "--min-accuracy", "1", "--out", str(tmp_path / "b.pt")])
+    assert bad.exit_code == 1 and "below --min-accuracy" in bad.output
+    client = _client(store)
+    experiment = client.get_experiment_by_name("rfpp-digits")
+    runs = client.search_runs([experiment.experiment_id], "tags.`rfpp.stage` = 'features'",
+                              order_by=["attributes.start_time ASC"])
+    assert [r.info.status for r in runs] == ["FINISHED", "FAILED"]
+    first, second = runs
+    assert first.data.tags["rfpp.features.path"] == str(tmp_path / "a.pt")
+    assert 0 < first.data.metrics["accuracy"] <= 1 and "mlflow.parentRunId" in first.data.tags
+    assert first.data.params["eval.feature_resolution"] == "16"
+    assert "below --min-accuracy" in second.data.tags["rfpp.error"]
+
+
 def test_failed_killed_and_clean_exit_statuses(store: str) -> None:
     config = load_config("digits")
     runs = {}
