@@ -28,6 +28,7 @@ A store that cannot be used at start raises ``TrackingError`` naming the URI and
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import getpass
 import logging
@@ -391,6 +392,24 @@ def _default_group(profile: str) -> str:
     return os.environ.get(ENV_GROUP) or str(ProfilePaths.of(profile).root.resolve())
 
 
+@contextlib.contextmanager
+def _store_creation_lock(uri: str) -> Iterator[None]:
+    """For a SQLite store, one process at a time (an flock on <db>.lock): stages started together on a store
+    that does not exist yet would otherwise race to create its tables (alembic: "Online migration expected
+    to match one row"). Other stores: no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _begin(config: Any, stage: str, arm: str | None, run_name: str | None, tags: Mapping[str, Any] | None,
            group: str | None) -> TrackedRun:
     mlflow = _mlflow()
@@ -404,8 +423,9 @@ def _begin(config: Any, stage: str, arm: str | None, run_name: str | None, tags:
         common["mlflow.user"] = getpass.getuser()
     _probe_http(uri)
     try:
-        client = mlflow.MlflowClient(tracking_uri=uri)
-        experiment_id = _retry(lambda: _experiment_id(client, f"rfpp-{profile}"))
+        with _store_creation_lock(uri):  # the first touch of a SQLite store creates and migrates its schema
+            client = mlflow.MlflowClient(tracking_uri=uri)
+            experiment_id = _retry(lambda: _experiment_id(client, f"rfpp-{profile}"))
         parent = _retry(lambda: _parent_run_id(client, experiment_id, profile, group, common))
         run_tags = {**common, "rfpp.stage": stage, "mlflow.parentRunId": parent, "rfpp.git_dirty": str(dirty).lower(),
                     "mlflow.source.name": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:MAX_TAG_VALUE] or stage,

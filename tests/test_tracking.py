@@ -271,6 +271,26 @@ STAGE_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
+def test_stages_started_together_on_a_new_sqlite_store(tmp_path: Path) -> None:
+    """Snakemake starts `rfpp teacher` and `rfpp features` at once on a fresh checkout: three processes
+    opening runs on a SQLite store that does not exist yet must not race creating its tables, and share one
+    parent run."""
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    env = {**os.environ, **QUIET_ENV, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT),
+           "RFPP_TRACKING_GROUP": "together"}
+    env.pop("RFPP_TRACKING", None)
+    stages = [subprocess.Popen([sys.executable, "-c", STAGE_SCRIPT, arm, "1e-4"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for arm in "abc"]
+    outputs = [stage.communicate(timeout=300) for stage in stages]
+    for stage, (_out, errout) in zip(stages, outputs, strict=True):
+        assert stage.returncode == 0, errout[-3000:]
+    client = _client(uri)
+    runs = [client.get_run(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert {r.data.tags["rfpp.arm"] for r in runs} == {"a", "b", "c"}
+    assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 1
+
+
+@pytest.mark.slow
 def test_real_mlflow_server_receives_separate_stage_processes(tmp_path: Path) -> None:
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
