@@ -20,6 +20,7 @@ The table goes to stdout and, with all FIDs, to results/<profile>/compare/<tag>.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -35,25 +36,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rfpp.atomic import write_json  # noqa: E402
-from rfpp.config import load_config  # noqa: E402
+from rfpp.config import apply_overrides, load_config  # noqa: E402
 from rfpp.paths import ProfilePaths  # noqa: E402
 
 SHARED = ("teacher", "pairs", "features")  # stages that do not depend on the training seed
 
 
 def seed_profile(base: dict, name: str, seed: int, overrides: list[str]) -> dict:
-    """The base profile's dict renamed to `name`, with `seed` and the dotted overrides applied."""
-    profile = json.loads(json.dumps(base))
-    profile["profile"] = name
-    profile["seed"] = seed
-    for item in overrides:
-        key, _, value = item.partition("=")
-        node = profile
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return profile
+    """The base profile's dict renamed to `name`, with `seed` and the dotted overrides applied (rfpp.config's
+    own override rules; `rfpp` validates the result when it loads the copy)."""
+    return apply_overrides(copy.deepcopy(base), [*overrides, f"seed={seed}", f"profile={name}"])
 
 
 def run(args: list[str], log: Path, threads: int) -> None:
