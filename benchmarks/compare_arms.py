@@ -101,8 +101,9 @@ def main() -> None:
         raise SystemExit(f"results/{name}/{missing[0]} does not exist: build the shared stages first with "
                          f"`snakemake --cores all --config profile={name} results/{name}/pairs/manifest.json`")
     seeds = [int(s) for s in args.seeds.split(",")]
-    arms = list(base["train"]["arms"])
-    nfes = [int(k) for k in base["sample"]["nfe"]]
+    resolved = seed_profile(base, name, seeds[0], args.overrides)  # arms and NFEs after the overrides
+    arms = list(resolved["train"]["arms"])
+    nfes = [int(k) for k in resolved["sample"]["nfe"]]
     out_dir = source / "compare"
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = args.tag or time.strftime("%Y%m%d-%H%M%S")
@@ -110,16 +111,16 @@ def main() -> None:
 
     jobs = []
     for seed in seeds:
-        copy = f"{name}-seed{seed}"
-        results = ROOT / "results" / copy
+        copy_name = f"{name}-seed{seed}"
+        results = ROOT / "results" / copy_name
         results.mkdir(parents=True, exist_ok=True)
         for part in SHARED:
             link = results / part
             if (source / part).exists() and not link.exists():
                 link.symlink_to(source / part, target_is_directory=True)
-        profile_file = out_dir / f"{tag}-{copy}.yaml"
-        profile_file.write_text(yaml.safe_dump(seed_profile(base, copy, seed, args.overrides), sort_keys=False))
-        jobs.append((seed, profile_file, out_dir / f"{tag}-{copy}.log"))
+        profile_file = out_dir / f"{tag}-{copy_name}.yaml"
+        profile_file.write_text(yaml.safe_dump(seed_profile(base, copy_name, seed, args.overrides), sort_keys=False))
+        jobs.append((seed, profile_file, out_dir / f"{tag}-{copy_name}.log"))
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
