@@ -85,6 +85,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
                schedule: str = typer.Option(None, "--schedule",
                                             help="A user time grid instead of the default one, descending in "
                                                  "(0, 1], e.g. '0.99999,0.6,0.2' (0 is appended)."),
+               t_start: float = typer.Option(None, "--t-start", help="First point of the default grid, in (0, 1) "
+                                                                      "(default sample.t_start, 1 − 1e−5)."),
                num_samples: int = typer.Option(None, "--num-samples", min=1, help="Samples (default "
                                                                                  "sample.num_samples)."),
                seed: int = typer.Option(None, "--seed", min=0, help="Noise seed: sample i's noise is "
@@ -123,6 +125,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
             write_samples,
         )
         from rfpp.paths import ProfilePaths
+        from rfpp.sampling.grids import check_t_start, steps_for_nfe
 
         sc = config.sample
         fmt_ = fmt or sc.format
@@ -132,6 +135,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
             fail(f"--shard {shard} must be smaller than --num-shards {num_shards}", EXIT_USAGE)
         try:
             grid_times = parse_numbers(schedule, float, "--schedule") or sc.schedule
+            if t_start is not None:
+                check_t_start(t_start, max([steps_for_nfe(k, solver or sc.solver) for k in ([nfe] if nfe else sc.nfe)],
+                                           default=1))
             labels = parse_numbers(class_labels, int, "--class-labels")
             dev = resolve_device(device or config.device)
         except ValueError as err:
@@ -146,7 +152,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
         for arm_name, cp in targets:
             for k in nfes:
                 spec = SamplingSpec(nfe=k, solver=solver or sc.solver, update=update or sc.update,
-                                    schedule=grid_times, seed=sc.seed if seed is None else seed,
+                                    schedule=grid_times, t_start=sc.t_start if t_start is None else t_start,
+                                    seed=sc.seed if seed is None else seed,
                                     num_samples=num_samples or sc.num_samples, batch=batch or sc.batch,
                                     class_labels=labels, straightness_samples=sc.straightness_samples)
                 n_eval = k if k is not None else 2 * len(grid_times) - 1 if spec.solver == "heun" else len(grid_times)
@@ -346,7 +353,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
                                   samples={"path": str(path), "num_available": int(images.shape[0]),
                                            "sha256": file_sha256(path) if Path(path).is_file() else None},
                                   sampling={key: meta.get(key) for key in (
-                                      "nfe", "solver", "update", "schedule", "seed", "ema", "checkpoint",
+                                      "nfe", "solver", "update", "schedule", "t_start", "seed", "ema", "checkpoint",
                                       "checkpoint_sha256", "checkpoint_step", "class_labels", "noise")})
                     if result["sampling"].get("nfe") is None:
                         result["sampling"]["nfe"] = k_eff

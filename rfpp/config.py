@@ -113,7 +113,9 @@ class SampleConfig:
     """Few-step sampling for evaluation: the NFE sweep, solver, update rule, sample count and seed.
 
     `schedule` is an optional user time grid (descending, in (0, 1]) that replaces the default grid of
-    `nfe`; `format` is how samples are written (npz, a PNG folder or an EDM zip); `grid` is how many
+    `nfe`; `t_start` is the default grid's first point (the reference's 1 − 1e−5): a short training run
+    seldom draws t that close to 1, so a small profile may start lower (docs/digits-findings.md);
+    `format` is how samples are written (npz, a PNG folder or an EDM zip); `grid` is how many
     samples the PNG grid shows and `grid_scale` its integer magnification.
     """
 
@@ -124,6 +126,7 @@ class SampleConfig:
     batch: int = 250
     seed: int = 0
     schedule: list[float] | None = None
+    t_start: float = 1 - 1e-5
     format: str = "npz"
     grid: int = 64
     grid_scale: int = 1
@@ -357,6 +360,13 @@ def _validate_sample_eval(config: Config) -> None:
         raise ConfigError(f"sample.nfe: Heun needs odd NFEs, got {sample.nfe}")
     if sample.format not in ("npz", "png", "zip"):
         raise ConfigError(f"sample.format: must be npz, png or zip, not {sample.format!r}")
+    from rfpp.sampling.grids import check_t_start, steps_for_nfe
+
+    try:
+        max_steps = max([steps_for_nfe(n, sample.solver) for n in sample.nfe], default=1)
+        check_t_start(sample.t_start, max_steps)
+    except ValueError as err:
+        raise ConfigError(f"sample.t_start: {err} (sample.nfe {sample.nfe}, solver {sample.solver})") from None
     if sample.schedule is not None:
         pts = sample.schedule
         if not pts or any(not 0 <= t <= 1 for t in pts) or any(b >= a for a, b in zip(pts, pts[1:], strict=False)):

@@ -147,6 +147,7 @@ def collect(config: Any, paths: Any) -> list[dict[str, Any]]:
                          fid.get("straightness") is not None else (meta or {}).get("straightness"),
                          "images_per_s": throughput, "paper_fid": paper[0] if paper else None,
                          "paper_note": paper[1] if paper else None, "grid": str(grid) if grid.exists() else None,
+                         "t_start": (fid.get("sampling") or {}).get("t_start") if isinstance(fid, dict) else None,
                          "result": fid})
     return rows
 
@@ -255,8 +256,15 @@ def render(config: Any, rows: list[dict[str, Any]], plots: dict[str, Path], repo
         if len(ids) > 1:
             lines.append(f"**Warning:** the results below were measured under {len(ids)} different protocols "
                          f"({', '.join(ids)}); compare only rows with the same protocol id.")
-    lines += ["", f"Sampling: solver `{config.sample.solver}`, update `{config.sample.update}`, seed "
+    first = ("a user grid " + str(config.sample.schedule) if config.sample.schedule
+             else f"the default grid from t₀ = {config.sample.t_start:g}")
+    lines += ["", f"Sampling: solver `{config.sample.solver}`, update `{config.sample.update}`, {first}, seed "
                   f"{config.sample.seed}.", ""]
+    other = sorted({f"{r['arm']} NFE {r['nfe']} (t₀ = {r['t_start']:g})" for r in rows
+                    if r["t_start"] is not None and r["t_start"] != config.sample.t_start})
+    if other and not config.sample.schedule:
+        lines[-1:-1] = [f"**Warning:** sampled from another first grid point than sample.t_start: "
+                        f"{', '.join(other)}.", ""]
     has_paper = any(r["paper_fid"] is not None for r in rows)
     header = ["arm", "NFE", "FID", "straightness", "train img/s"] + (["paper FID"] if has_paper else [])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -18,21 +18,22 @@ def _no_tracking(monkeypatch):
     monkeypatch.setenv("RFPP_TRACKING", "off")
 
 
-def _fid(paths: ProfilePaths, arm: str, nfe: int, value: float, net: str = "digits-classifier") -> None:
+def _fid(paths: ProfilePaths, arm: str, nfe: int, value: float, net: str = "digits-classifier",
+         t_start: float | None = None) -> None:
     path = paths.fid(arm, nfe)
     path.parent.mkdir(parents=True, exist_ok=True)
     protocol = {"metric": "fid", "feature_net": net, "feature_layer": "pool", "feature_net_sha256": "ab" * 32,
                 "reference": "dataset:digits@8", "reference_sha256": "cd" * 32, "num_samples": 1797,
                 "torch_fidelity": "0.4.0"}
     path.write_text(json.dumps({"format": "rfpp.fid", "value": value, "protocol": protocol, "protocol_id": "p1",
-                                "straightness": 0.01 * nfe, "sampling": {"nfe": nfe}}))
+                                "straightness": 0.01 * nfe, "sampling": {"nfe": nfe, "t_start": t_start}}))
 
 
 def test_digits_report_table_plots_and_feature_net(tmp_path):
     config = load_config("digits")
     paths = ProfilePaths.of("digits", tmp_path)
-    _fid(paths, "rfpp", 1, 12.5)
-    _fid(paths, "rfpp", 2, 8.25)
+    _fid(paths, "rfpp", 1, 12.5, t_start=config.sample.t_start)
+    _fid(paths, "rfpp", 2, 8.25, t_start=0.95)
     save_grid(np.zeros((4, 1, 8, 8), np.uint8), paths.samples("rfpp", 2).with_suffix(".png"))
     train = paths.train_dir("rfpp")
     train.mkdir(parents=True)
@@ -45,6 +46,9 @@ def test_digits_report_table_plots_and_feature_net(tmp_path):
     assert "| baseline | 1 | — | — | — |" in text  # absent results are tolerated
     assert "digits-classifier features stand in for Inception" in text
     assert "The paper reports no numbers for the `digits` profile." in text
+    assert f"the default grid from t₀ = {config.sample.t_start:g}" in text
+    assert "another first grid point than sample.t_start: rfpp NFE 2 (t₀ = 0.95)" in text
+    assert "rfpp NFE 1" not in text
     names = {p.name for p in written["plots"]}
     assert {"fid_vs_nfe.png", "loss_curves.png", "timestep_density.png", "samples_rfpp_nfe2.png"} <= names
     for p in written["plots"]:

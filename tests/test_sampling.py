@@ -162,6 +162,35 @@ def test_grids():
     roots = sig[:6] ** (1 / 7)
     assert torch.allclose(roots.diff(), roots.diff()[:1].expand(5), rtol=1e-10)
     assert edm_sigma_steps(1).tolist() == [80.0, 0.0]
+    assert default_grid(2, t_start=0.99) == [0.99, 0.5, 0.0]
+    assert default_grid(1, 0.999) == [0.999, 0.0]
+
+
+@pytest.mark.parametrize("t_start, steps, match", [
+    (1.0, 1, "σ = ∞"), (0.0, 1, r"\(0, 1\)"), (float("nan"), 1, "number"), (True, 1, "number"),
+    (0.5, 2, "second point 0.5"), (0.7, 4, "second point 0.75"),
+])
+def test_default_grid_refuses_a_bad_first_point(t_start, steps, match):
+    with pytest.raises(ValueError, match=match):
+        default_grid(steps, t_start)
+
+
+@pytest.mark.parametrize("update", ["default", "new"])
+def test_sample_starts_at_t_start(update):
+    """One Euler step from t₀ with a constant field c: z₁ = t₀·z, x̂ = z₁ − t₀·c (both update rules)."""
+    c = 0.25
+
+    def const(x, t, class_labels=None):
+        return torch.full_like(x, c)
+
+    z = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    for t0 in (0.99, 1 - 1e-5):
+        out, traj = sample(const, z, nfe=1, update=update, t_start=t0, return_trajectory=True)
+        assert torch.equal(traj[0], z * t0)
+        torch.testing.assert_close(out, z * t0 - t0 * c, rtol=0, atol=1e-6)
+    times = []
+    sample(lambda x, t, class_labels=None: times.append(t[0].item()) or torch.zeros_like(x), z, nfe=2, t_start=0.9)
+    assert times == pytest.approx([0.9, 0.5])
 
 
 def _toy_velocity(x, t, class_labels=None):

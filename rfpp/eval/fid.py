@@ -19,7 +19,7 @@ sha256 and layer, torch-fidelity version) with a ``.json`` beside it.
 Result json (`evaluate`): {"format": "rfpp.fid", "version": 1, "metric": "fid", "value", "metrics": {…},
 "protocol": {metric, feature_net, feature_layer, feature_net_sha256, reference, reference_sha256, num_samples,
 torch_fidelity}, "protocol_id", "feature_net": {…, "note"}, "reference": {…}, "samples": {…}, "sampling": {nfe,
-solver, update, schedule, seed, ema, checkpoint, checkpoint_sha256, checkpoint_step, class_labels},
+solver, update, schedule, t_start, seed, ema, checkpoint, checkpoint_sha256, checkpoint_step, class_labels},
 "straightness", "arm", "profile", "versions", "created"}. `check_comparable` refuses numbers whose protocols
 differ.
 """

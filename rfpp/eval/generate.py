@@ -28,6 +28,7 @@ from rfpp.checkpoints import CheckpointError, file_sha256, load_model
 from rfpp.images import atomic_write, from_uint8, save_grid, save_png_folder, to_uint8
 from rfpp.pairs.noise import NOISE_RECIPE, make_labels, make_noise
 from rfpp.sampling import invert, sample, straightness_per_sample
+from rfpp.sampling.grids import T_START
 
 FORMATS = ("npz", "png", "zip")
 
@@ -115,6 +116,7 @@ class SamplingSpec:
     solver: str = "euler"
     update: str = "new"
     schedule: list[float] | None = None
+    t_start: float = T_START
     seed: int = 0
     num_samples: int = 1000
     batch: int = 250
@@ -169,7 +171,8 @@ def generate(velocity: torch.nn.Module, spec: SamplingSpec, indices: Sequence[in
         lab = labels[start:start + len(chunk)].to(device) if velocity.label_dim else None
         want_traj = chunk[0] < spec.straightness_samples
         out = sample(velocity, noise, nfe=None if spec.schedule else spec.nfe, schedule=spec.schedule,
-                     solver=spec.solver, update=spec.update, class_labels=lab, return_trajectory=want_traj)
+                     solver=spec.solver, update=spec.update, class_labels=lab, return_trajectory=want_traj,
+                     t_start=spec.t_start)
         if want_traj:
             out, traj = out
             per = straightness_per_sample(traj)
@@ -278,7 +281,8 @@ def merge_shards(path: str | Path, num_shards: int, fmt: str = "npz", grid: int 
             labels.append(torch.from_numpy(data["labels"]))
             indices.append(data["indices"])
             metas.append(json.loads(str(data["meta"])))
-    keys = ("nfe", "solver", "update", "schedule", "seed", "total_samples", "checkpoint_sha256", "class_labels")
+    keys = ("nfe", "solver", "update", "schedule", "t_start", "seed", "total_samples", "checkpoint_sha256",
+            "class_labels")
     for m in metas[1:]:
         diff = [k for k in keys if m.get(k) != metas[0].get(k)]
         if diff:
@@ -303,6 +307,7 @@ def sample_meta(spec: SamplingSpec, info: dict[str, Any], checkpoint: str | Path
             "checkpoint_step": info.get("step"), "ema": info.get("ema"), "ema_decay": info.get("ema_decay"),
             "arch": info.get("arch"),
             "nfe": spec.nfe, "solver": spec.solver, "update": spec.update, "schedule": spec.schedule,
+            "t_start": None if spec.schedule else spec.t_start,
             "seed": spec.seed, "total_samples": spec.num_samples, "class_labels": spec.class_labels,
             "noise": NOISE_RECIPE, "straightness": straightness,
             "straightness_samples": spec.straightness_samples, "shard": shard, "num_shards": num_shards,

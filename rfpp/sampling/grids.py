@@ -50,11 +50,32 @@ def nfe_for_steps(steps: int, solver: str) -> int:
     return 2 * steps - 1 if solver == "heun" else steps
 
 
-def default_grid(steps: int) -> list[float]:
-    """Sampling grid t_i = i/steps for i = steps … 0, the first point replaced by 1 − 1e−5 (steps + 1 points)."""
+def check_t_start(t_start: float, steps: int = 1) -> float:
+    """`t_start` as a float in ((steps − 1)/steps, 1), or a ValueError that says why.
+
+    t = 1 itself is excluded: an EDM-parametrised network sees σ = t/(1 − t) = ∞ there.
+    """
+    if isinstance(t_start, bool) or not isinstance(t_start, (int, float)) or not math.isfinite(t_start):
+        raise ValueError(f"t_start must be a number in (0, 1), got {t_start!r}")
+    t_start = float(t_start)
+    if not 0 < t_start < 1:
+        raise ValueError(f"t_start must lie in (0, 1) (t = 1 is σ = ∞ for an EDM-form network), got {t_start}")
+    if steps > 1 and t_start <= (steps - 1) / steps:
+        raise ValueError(f"t_start {t_start} must exceed the grid's second point {(steps - 1) / steps} "
+                         f"({steps} steps)")
+    return t_start
+
+
+def default_grid(steps: int, t_start: float = T_START) -> list[float]:
+    """Sampling grid t_i = i/steps for i = steps … 0, the first point replaced by `t_start` (steps + 1 points).
+
+    t_start defaults to the reference's 1 − 1e−5. A network is only as good at t_start as its training
+    covered it: a short run rarely draws t that close to 1, where σ = t/(1 − t) runs up to 1e5 (see
+    docs/digits-findings.md); `sample.t_start` moves the first point.
+    """
     steps = check_int("steps", steps)
     grid = [i / steps for i in range(steps, -1, -1)]
-    grid[0] = T_START
+    grid[0] = check_t_start(t_start, steps)
     return grid
 
 

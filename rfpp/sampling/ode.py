@@ -23,6 +23,7 @@ import torch
 
 from rfpp.sampling.grids import (
     SOLVERS,
+    T_START,
     default_grid,
     inversion_grid,
     steps_for_nfe,
@@ -141,12 +142,12 @@ def integrate(velocity: Velocity, start: torch.Tensor, grid: Sequence[float], so
 def sample(velocity: Velocity, noise: torch.Tensor, nfe: int | None = None,
            schedule: Sequence[float] | torch.Tensor | None = None, solver: str = "euler", update: str = "new",
            class_labels: torch.Tensor | None = None, return_trajectory: bool = False,
-           progress: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+           progress: bool = False, t_start: float = T_START) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Generate data from noise z (shape (N, C, H, W) or any (N, …)) by integrating t = 1 → 0.
 
     Exactly one of `nfe` / `schedule`:
-    - `nfe`: default grid t_i = i/S, i = S … 0, first point 1 − 1e−5, with S = nfe steps for Euler and
-      S = (nfe + 1)/2 for Heun (nfe odd);
+    - `nfe`: default grid t_i = i/S, i = S … 0, first point `t_start` (1 − 1e−5, the reference's), with
+      S = nfe steps for Euler and S = (nfe + 1)/2 for Heun (nfe odd);
     - `schedule`: a descending list/tensor of times in (0, 1] (0 appended when absent); Heun then
       spends 2·steps − 1 NFE.
     The start state is z₁ = t₀·z with t₀ the grid's first point; `update="new"` re-noises with z₁.
@@ -159,7 +160,7 @@ def sample(velocity: Velocity, noise: torch.Tensor, nfe: int | None = None,
     _check_choice("update", update, tuple(UPDATE_RULES))
     if (nfe is None) == (schedule is None):
         raise ValueError("give exactly one of nfe (default grid) or schedule (a user time grid)")
-    grid = default_grid(steps_for_nfe(nfe, solver)) if schedule is None else user_grid(schedule)
+    grid = default_grid(steps_for_nfe(nfe, solver), t_start) if schedule is None else user_grid(schedule)
     return integrate(velocity, noise * grid[0], grid, solver=solver, update=update, class_labels=class_labels,
                      return_trajectory=return_trajectory, progress=progress, desc=f"{solver} sampling")
 
@@ -167,10 +168,11 @@ def sample(velocity: Velocity, noise: torch.Tensor, nfe: int | None = None,
 def decode(velocity: Velocity, noise: torch.Tensor, nfe: int | None = None,
            schedule: Sequence[float] | torch.Tensor | None = None, solver: str = "euler", update: str = "new",
            class_labels: torch.Tensor | None = None, return_trajectory: bool = False,
-           progress: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+           progress: bool = False, t_start: float = T_START) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Decode noise (e.g. from `invert`) back to data: exactly `sample`."""
     return sample(velocity, noise, nfe=nfe, schedule=schedule, solver=solver, update=update,
-                  class_labels=class_labels, return_trajectory=return_trajectory, progress=progress)
+                  class_labels=class_labels, return_trajectory=return_trajectory, progress=progress,
+                  t_start=t_start)
 
 
 @torch.no_grad()

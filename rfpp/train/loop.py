@@ -358,7 +358,8 @@ def train_arm(config: Config, arm: str, paths: ProfilePaths | None = None, resum
 
     def show(run: Any, step: int) -> None:
         metrics, pngs = evaluate(ema.module, vis_noise, vis_labels, sample_dir, step, config.sample.solver,
-                                 config.sample.update, train.straightness_nfe, scale=scale)
+                                 config.sample.update, train.straightness_nfe, scale=scale,
+                                 t_start=config.sample.t_start)
         run.log_metrics(metrics, step=step)
         for png in pngs:
             run.log_image_file(png, artifact_path="samples")

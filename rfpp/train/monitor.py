@@ -16,6 +16,7 @@ from torch import nn
 from rfpp.images import save_grid
 from rfpp.pairs import PairDataset
 from rfpp.sampling import sample, straightness
+from rfpp.sampling.grids import T_START
 
 HIST_BINS = 50
 
@@ -31,8 +32,9 @@ def eval_batch(dataset: PairDataset, n: int) -> tuple[torch.Tensor, torch.Tensor
 
 @torch.no_grad()
 def evaluate(velocity: nn.Module, noise: torch.Tensor, labels: torch.Tensor | None, out_dir: Path, step: int,
-             solver: str, update: str, straightness_nfe: int, scale: int = 1) -> tuple[dict[str, float], list[Path]]:
-    """Straightness and NFE 1 / 2 grids of the (EMA) student → (metrics, PNG paths)."""
+             solver: str, update: str, straightness_nfe: int, scale: int = 1,
+             t_start: float = T_START) -> tuple[dict[str, float], list[Path]]:
+    """Straightness and NFE 1 / 2 grids of the (EMA) student (grids from `t_start`) → (metrics, PNG paths)."""
     velocity.eval()
     metrics: dict[str, float] = {}
     pngs: list[Path] = []
@@ -41,7 +43,8 @@ def evaluate(velocity: nn.Module, noise: torch.Tensor, labels: torch.Tensor | No
     metrics["straightness"] = float(straightness(trajectory))
     for nfe in (1, 2):
         nfe_solver = solver if solver != "heun" or nfe % 2 else "euler"  # Heun needs an odd NFE
-        images = sample(velocity, noise, nfe=nfe, solver=nfe_solver, update=update, class_labels=labels)
+        images = sample(velocity, noise, nfe=nfe, solver=nfe_solver, update=update, class_labels=labels,
+                        t_start=t_start)
         pngs.append(save_grid(images.float().clamp(-1, 1).cpu(), out_dir / f"step-{step:08d}-nfe{nfe}.png",
                               scale=scale))
     return metrics, pngs

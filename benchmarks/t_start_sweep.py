@@ -1,0 +1,105 @@
+"""FID of trained students against the first point t₀ of the sampling grid (`sample.t_start`).
+
+Why: one-step sampling queries the student once, at t₀, and the reference puts t₀ at 1 − 1e−5. For an
+EDM-form network that is σ = t/(1 − t) = 1e5, a noise level a training run visits only as often as its
+timestep density puts mass within 1e−4 of t = 1 (about 0.02% of the draws for the U-shaped density).
+A long run sees enough of them; a short one does not, and its 1-NFE samples show it. This script samples
+the given checkpoints from the same noise for every t₀ and NFE with the project's sampler and FID, and
+prints one table, so the choice of t₀ is a measurement, not a guess:
+
+    python benchmarks/t_start_sweep.py --profile digits --t-start 0.99999,0.9999,0.999,0.99,0.98
+    python benchmarks/t_start_sweep.py --profile digits --checkpoints a=path/a.pt,b=path/b.pt --nfe 1
+
+Default checkpoints: every arm's final student of the profile (results/<profile>/train/<arm>/final.pt).
+Also printed per checkpoint: the share of its training timestep draws that lie at or above each t₀ (from
+the arm's timestep density), i.e. how often training visited the point the sampler queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rfpp.config import load_config  # noqa: E402
+from rfpp.eval.fid import evaluate_images, feature_net_spec  # noqa: E402
+from rfpp.eval.generate import SamplingSpec, generate, load_student, resolve_device  # noqa: E402
+from rfpp.paths import ProfilePaths  # noqa: E402
+from rfpp.timesteps import cdf  # noqa: E402
+
+
+def share_at_or_above(kind: str, a: float, t0: float) -> float:
+    """P(t ≥ t0) under the arm's squeezed training density."""
+    return 1.0 - float(cdf(kind, torch.tensor([t0], dtype=torch.float64), a=a)[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="digits", help="profile name in params/ or a YAML path")
+    parser.add_argument("--t-start", default="0.99999,0.9999,0.999,0.99,0.98", help="comma list of t₀")
+    parser.add_argument("--nfe", default=None, help="comma list of NFEs (default sample.nfe)")
+    parser.add_argument("--checkpoints", default=None, help="name=path,… (default: each arm's final.pt)")
+    parser.add_argument("--num-samples", type=int, default=None, help="default eval.num_samples")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. sample.seed=1")
+    args = parser.parse_args()
+
+    profile = args.profile
+    if not profile.endswith((".yaml", ".yml")):
+        profile = str(ROOT / "params" / f"{profile}.yaml")
+    config = load_config(profile, args.overrides)
+    paths = ProfilePaths.of(config.profile, ROOT / "results")
+    t_starts = [float(t) for t in args.t_start.split(",")]
+    nfes = [int(k) for k in args.nfe.split(",")] if args.nfe else list(config.sample.nfe)
+    if args.checkpoints:
+        targets = dict(item.split("=", 1) for item in args.checkpoints.split(","))
+    else:
+        targets = {arm: str(paths.student(arm)) for arm in config.train.arms}
+    missing = [p for p in targets.values() if not Path(p).exists()]
+    if missing:
+        raise SystemExit(f"{missing[0]} does not exist: train the arms first (or pass --checkpoints)")
+    device = resolve_device(config.device)
+    ev = config.eval
+    fnet = feature_net_spec(ev.feature_net, paths.features, ev.inception_weights)
+    num = args.num_samples or ev.num_samples
+
+    start = time.perf_counter()
+    rows = []
+    for name, path in targets.items():
+        velocity, _ = load_student(path, config)
+        arm = config.train.arms.get(name)
+        for k in nfes:
+            fids = []
+            for t0 in t_starts:
+                spec = SamplingSpec(nfe=k, solver=config.sample.solver, update=config.sample.update, t_start=t0,
+                                    seed=config.sample.seed, num_samples=num, batch=config.sample.batch,
+                                    straightness_samples=0)
+                images, _, _ = generate(velocity, spec, range(num), device)
+                result = evaluate_images(images, fnet, ev.reference, paths.root / "fid", config.data.dataset,
+                                         config.data.resolution, num_samples=num, batch=ev.batch, device=device,
+                                         reference_sha256=ev.reference_sha256)
+                fids.append(result["value"])
+            rows.append((name, k, fids, arm))
+    seconds = time.perf_counter() - start
+
+    print(f"profile {config.profile}: FID ({ev.feature_net}, {num} samples, sample seed {config.sample.seed}) by "
+          f"first grid point t₀; {seconds:.0f} s")
+    print("| checkpoint | NFE | " + " | ".join(f"t₀ = {t:g}" for t in t_starts) + " |")
+    print("|---|---|" + "---|" * len(t_starts))
+    for name, k, fids, _ in rows:
+        print(f"| {name} | {k} | " + " | ".join(f"{f:.2f}" for f in fids) + " |")
+    print("\nShare of training timestep draws at or above t₀:")
+    print("| arm | timesteps | " + " | ".join(f"t₀ = {t:g}" for t in t_starts) + " |")
+    print("|---|---|" + "---|" * len(t_starts))
+    for name, arm in {n: a for n, _, _, a in rows if a is not None}.items():
+        shares = [share_at_or_above(arm.timesteps, arm.a, t) for t in t_starts]
+        print(f"| {name} | {arm.timesteps} (a = {arm.a:g}) | " + " | ".join(f"{s:.2%}" for s in shares) + " |")
+
+
+if __name__ == "__main__":
+    main()
