@@ -11,8 +11,8 @@ prints one table, so the choice of t₀ is a measurement, not a guess:
     python benchmarks/t_start_sweep.py --profile digits --checkpoints a=path/a.pt,b=path/b.pt --nfe 1
 
 Default checkpoints: every arm's final student of the profile (results/<profile>/train/<arm>/final.pt).
-Also printed per checkpoint: the share of its training timestep draws that lie at or above each t₀ (from
-the arm's timestep density), i.e. how often training visited the point the sampler queries.
+Also printed for each arm of the profile: the share of its training timestep draws that lie at or above
+each t₀ (from the arm's timestep density), i.e. how often training visited the point the sampler queries.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from rfpp.timesteps import cdf  # noqa: E402
 
 def share_at_or_above(kind: str, a: float, t0: float) -> float:
     """P(t ≥ t0) under the arm's squeezed training density."""
-    return 1.0 - float(cdf(kind, torch.tensor([t0], dtype=torch.float64), a=a)[0])
+    return 1.0 - float(cdf(torch.tensor([t0], dtype=torch.float64), kind, a=a)[0])
 
 
 def main() -> None:
@@ -72,7 +72,6 @@ def main() -> None:
     rows = []
     for name, path in targets.items():
         velocity, _ = load_student(path, config)
-        arm = config.train.arms.get(name)
         for k in nfes:
             fids = []
             for t0 in t_starts:
@@ -84,21 +83,24 @@ def main() -> None:
                                          config.data.resolution, num_samples=num, batch=ev.batch, device=device,
                                          reference_sha256=ev.reference_sha256)
                 fids.append(result["value"])
-            rows.append((name, k, fids, arm))
+            rows.append((name, k, fids))
     seconds = time.perf_counter() - start
 
     print(f"profile {config.profile}: FID ({ev.feature_net}, {num} samples, sample seed {config.sample.seed}) by "
           f"first grid point t₀; {seconds:.0f} s")
     print("| checkpoint | NFE | " + " | ".join(f"t₀ = {t:g}" for t in t_starts) + " |")
     print("|---|---|" + "---|" * len(t_starts))
-    for name, k, fids, _ in rows:
+    for name, k, fids in rows:
         print(f"| {name} | {k} | " + " | ".join(f"{f:.2f}" for f in fids) + " |")
-    print("\nShare of training timestep draws at or above t₀:")
+    print(f"\nShare of training timestep draws at or above t₀ (and their expected count in {config.train.steps} "
+          "steps):")
     print("| arm | timesteps | " + " | ".join(f"t₀ = {t:g}" for t in t_starts) + " |")
     print("|---|---|" + "---|" * len(t_starts))
-    for name, arm in {n: a for n, _, _, a in rows if a is not None}.items():
+    for name, arm in config.train.arms.items():
+        draws = config.train.steps * (arm.batch or config.train.batch)
         shares = [share_at_or_above(arm.timesteps, arm.a, t) for t in t_starts]
-        print(f"| {name} | {arm.timesteps} (a = {arm.a:g}) | " + " | ".join(f"{s:.2%}" for s in shares) + " |")
+        print(f"| {name} | {arm.timesteps} (a = {arm.a:g}) | "
+              + " | ".join(f"{s:.3%} ({s * draws:.0f})" for s in shares) + " |")
 
 
 if __name__ == "__main__":
