@@ -13,6 +13,7 @@ import torch
 from local_http_server import LocalFileServer
 from weight_files import write_random_inception
 
+from rfpp.checkpoints import file_sha256
 from rfpp.data import DigitsDataset
 from rfpp.eval import save_feature_net, train_classifier
 from rfpp.eval.fid import (
@@ -55,6 +56,23 @@ def digits_net(tmp_path_factory):
     net, record = train_classifier(ds.images, torch.as_tensor(ds.labels), seed=0, steps=40)
     path = save_feature_net(tmp_path_factory.mktemp("fnet") / "classifier.pt", net, record)
     return feature_net_spec("digits-classifier", path), to_uint8(ds.images)
+
+
+def test_digits_protocol_hashes_the_weights_not_the_file(digits_net, tmp_path):
+    """Retraining the classifier with the same recipe gives the same weights but another file (its record holds
+    the training time); the FID protocol must not tell the two apart."""
+    spec, images = digits_net
+    ds = DigitsDataset(resolution=8)
+    net, record = train_classifier(ds.images, torch.as_tensor(ds.labels), seed=0, steps=40)
+    again = save_feature_net(tmp_path / "again.pt", net, dict(record, seconds=record["seconds"] + 1.0))
+    assert file_sha256(again) != file_sha256(spec.path)
+    spec2 = feature_net_spec("digits-classifier", again)
+    assert spec2.sha256 == spec.sha256
+    kw = dict(fid_dir=tmp_path, dataset="digits", resolution=8, num_samples=100)
+    check_comparable([evaluate_images(images[:100], spec, "dataset", **kw),
+                      evaluate_images(images[:100], spec2, "dataset", **kw)])
+    other, rec = train_classifier(ds.images, torch.as_tensor(ds.labels), seed=1, steps=40)
+    assert feature_net_spec("digits-classifier", save_feature_net(tmp_path / "s1.pt", other, rec)).sha256 != spec.sha256
 
 
 def test_edm_npz_reference(digits_net, tmp_path):

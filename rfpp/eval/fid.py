@@ -209,7 +209,9 @@ def feature_net_spec(kind: str, features_path: str | Path | None = None, incepti
         if features_path is None or not Path(features_path).exists():
             raise FIDError(f"the digits feature network {features_path} does not exist; run `rfpp features` first")
         net = load_feature_net(features_path)
-        return FeatureNetSpec(DIGITS_NAME, DIGITS_NAME, "pool", str(features_path), file_sha256(features_path),
+        # The weights' hash, not the file's: the file also records the training time, so two runs of the same
+        # recipe (same weights, same FIDs) would otherwise count as different protocols.
+        return FeatureNetSpec(DIGITS_NAME, DIGITS_NAME, "pool", str(features_path), net.record["weights_sha256"],
                               STAND_IN_NOTE, accuracy=net.record.get("accuracy"))
     raise FIDError(f"unknown feature network {kind!r}; choose one of {FEATURE_NETS}")
 
