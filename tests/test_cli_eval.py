@@ -61,18 +61,19 @@ def test_sample_npz_grid_and_meta(workdir):
     assert meta["nfe"] == 2 and meta["solver"] == "euler" and meta["update"] == "new"
     assert meta["checkpoint_step"] == 7 and meta["ema"] is True and meta["straightness"] >= 0
     assert npz.with_suffix(".png").exists() and npz.with_suffix(".json").exists()
-    assert meta["t_start"] == 1 - 1e-5  # the reference's first grid point, unless the profile moves it
+    assert meta["t_start"] == 0.99  # the digits profile's first grid point (sample.t_start)
 
 
 def test_sample_t_start_moves_the_first_grid_point(workdir):
     base = ["sample", "--nfe", "1", "--arm", "rfpp", "--num-samples", "6", *OVERRIDES]
-    assert run(*base, "--out", "ref.npz").exit_code == 0
-    r = run(*base, "--out", "cli.npz", "--t-start", "0.99")
+    assert run(*base, "--out", "ref.npz").exit_code == 0  # the profile's t₀
+    r = run(*base, "--out", "cli.npz", "--t-start", "0.99999")
     assert r.exit_code == 0, _out(r)
-    r = run(*base, "--out", "cfg.npz", "sample.t_start=0.99")
+    r = run(*base, "--out", "cfg.npz", "sample.t_start=0.99999")
     assert r.exit_code == 0, _out(r)
     with np.load("ref.npz") as a, np.load("cli.npz") as b, np.load("cfg.npz") as c:
-        assert json.loads(str(b["meta"]))["t_start"] == json.loads(str(c["meta"]))["t_start"] == 0.99
+        assert json.loads(str(a["meta"]))["t_start"] == 0.99
+        assert json.loads(str(b["meta"]))["t_start"] == json.loads(str(c["meta"]))["t_start"] == 0.99999
         assert np.array_equal(b["images"], c["images"]) and not np.array_equal(a["images"], b["images"])
     r = run(*base, "--out", "bad.npz", "--t-start", "1")
     assert r.exit_code == 2 and "t_start" in _out(r) and "σ = ∞" in _out(r)
