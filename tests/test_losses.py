@@ -254,6 +254,33 @@ def test_reflow_loss_gradients_frozen_net_and_eval_mode():
         assert numeric == pytest.approx(float((v_pred.grad * direction).sum()), rel=1e-6)
 
 
+def test_feature_lpips_runs_the_targets_without_autograd():
+    """Training needs d/dx̂ only: the targets pass the network with autograd off (no backward through their half
+    of the batch, none of their activations kept), and value and gradient equal the one-pass [x; y] result."""
+    torch.manual_seed(0)
+    net = TinyNet().double()
+    lp = FeatureLPIPS(net)
+    calls: list[tuple[int, bool]] = []
+    net.register_forward_hook(lambda mod, inp, out: calls.append((inp[0].shape[0], torch.is_grad_enabled())))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 3, 6, 6, generator=g, dtype=torch.float64).requires_grad_(True)
+    y = torch.randn(3, 3, 6, 6, generator=g, dtype=torch.float64)
+    split = lp(x, y)
+    assert calls == [(3, True), (3, False)]
+    (grad,) = torch.autograd.grad(split.sum(), x)
+    calls.clear()
+    y_grad = y.clone().requires_grad_(True)  # both need a gradient: one pass over [x; y], as before
+    joint = lp(x, y_grad)
+    assert calls == [(6, True)]
+    (grad_joint,) = torch.autograd.grad(joint.sum(), x)
+    torch.testing.assert_close(split, joint, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, grad_joint, rtol=1e-12, atol=1e-15)
+    calls.clear()
+    with torch.no_grad():  # evaluation: one pass
+        torch.testing.assert_close(lp(x, y), split.detach(), rtol=1e-12, atol=0)
+    assert calls == [(6, False)]
+
+
 def test_feature_lpips_bf16_autocast_and_channels_last():
     torch.manual_seed(0)
     metric = FeatureLPIPS(TinyNet())

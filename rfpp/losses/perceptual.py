@@ -76,10 +76,11 @@ def _unit_normalise(f: torch.Tensor) -> torch.Tensor:
 class FeatureLPIPS(nn.Module):
     """LPIPS's recipe on any frozen feature network. forward(x, y) → (N,) distances.
 
-    feature_net: an nn.Module following `FeatureNet` (called once on the concatenated batch [x; y]); it is
-    frozen in place (requires_grad False, eval mode). weights: optional per-layer channel weights, one
-    non-negative tensor of C_l elements per feature map (any shape with C_l elements, e.g. (1, C_l, 1, 1));
-    without them the channels are summed. name: shown by describe(); defaults to feature_net.name or its class.
+    feature_net: an nn.Module following `FeatureNet`, called once on the concatenated batch [x; y], or, when
+    only x needs a gradient (training), on x with autograd and on y without; it is frozen in place
+    (requires_grad False, eval mode). weights: optional per-layer channel weights, one non-negative tensor of
+    C_l elements per feature map (any shape with C_l elements, e.g. (1, C_l, 1, 1)); without them the
+    channels are summed. name: shown by describe(); defaults to feature_net.name or its class.
     """
 
     def __init__(self, feature_net: nn.Module, weights: Sequence[torch.Tensor] | None = None,
@@ -117,31 +118,48 @@ class FeatureLPIPS(nn.Module):
         """Always stays in eval mode: the perceptual network is frozen."""
         return super().train(False)
 
+    @staticmethod
+    def _feature_list(feats: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+        if isinstance(feats, torch.Tensor):
+            raise TypeError("the feature network must return a list of feature maps, got a single tensor")
+        return list(feats)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Perceptual distance per sample between images x and y (same shape (N, C, H, W), in [−1, 1]) → (N,)."""
         check_same_shape(x, y, ("x", "y"))
         n = x.shape[0]
-        feats = self.net(torch.cat([x, y]))
-        if isinstance(feats, torch.Tensor):
-            raise TypeError("the feature network must return a list of feature maps, got a single tensor")
-        feats = list(feats)
+        if torch.is_grad_enabled() and x.requires_grad and not y.requires_grad:
+            # Training: only x̂ needs a gradient. One pass over [x; y] would also run the network's backward
+            # for the targets' half and keep its activations; the targets go through without autograd instead.
+            fx = self._feature_list(self.net(x))
+            with torch.no_grad():
+                fy = self._feature_list(self.net(y))
+            if len(fx) != len(fy):
+                raise ValueError("the feature network returned different numbers of maps for x and y")
+        else:
+            both = self._feature_list(self.net(torch.cat([x, y])))
+            for i, f in enumerate(both):
+                if f.ndim != 4 or f.shape[0] != 2 * n:
+                    raise ValueError(f"feature map {i} must have shape ({2 * n}, C, H, W), got {tuple(f.shape)}")
+            fx, fy = [f[:n] for f in both], [f[n:] for f in both]
         weights = self.layer_weights()
-        if weights is not None and len(weights) != len(feats):
-            raise ValueError(f"{len(weights)} weight tensors for {len(feats)} feature maps")
-        if not feats:
+        if weights is not None and len(weights) != len(fx):
+            raise ValueError(f"{len(weights)} weight tensors for {len(fx)} feature maps")
+        if not fx:
             raise ValueError("the feature network returned no feature maps")
         total: torch.Tensor | None = None
-        for i, f in enumerate(feats):
-            if f.ndim != 4 or f.shape[0] != 2 * n:
-                raise ValueError(f"feature map {i} must have shape ({2 * n}, C, H, W), got {tuple(f.shape)}")
-            f = f.to(torch.promote_types(f.dtype, torch.float32))
-            diff = (_unit_normalise(f[:n]) - _unit_normalise(f[n:])).square()
+        for i, (a, b) in enumerate(zip(fx, fy, strict=True)):
+            if a.ndim != 4 or a.shape[0] != n or a.shape != b.shape:
+                raise ValueError(f"feature map {i} must have shape ({n}, C, H, W) for x and y, got "
+                                 f"{tuple(a.shape)} and {tuple(b.shape)}")
+            dtype = torch.promote_types(a.dtype, torch.float32)
+            diff = (_unit_normalise(a.to(dtype)) - _unit_normalise(b.to(dtype))).square()
             if weights is None:
                 per_position = diff.sum(dim=1)
             else:
                 w = weights[i]
-                if w.numel() != f.shape[1]:
-                    raise ValueError(f"feature map {i} has {f.shape[1]} channels but its weights {w.numel()}")
+                if w.numel() != a.shape[1]:
+                    raise ValueError(f"feature map {i} has {a.shape[1]} channels but its weights {w.numel()}")
                 per_position = (diff * w.to(diff.dtype).view(1, -1, 1, 1)).sum(dim=1)
             term = per_position.mean(dim=(1, 2))
             total = term if total is None else total + term
