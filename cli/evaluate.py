@@ -223,7 +223,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
                                      "needs a class-conditional model; use `rfpp invert` for reconstruction")
                 src = dst = None
             noise, decoded = invert_and_decode(velocity, x, src, dst, nfe, decode_nfe or nfe,
-                                               solver or config.sample.solver, update or config.sample.update, dev)
+                                               solver or config.sample.solver, update or config.sample.update, dev,
+                                               t_start=config.sample.t_start)
             base = Path(out) if out else ProfilePaths.of(config.profile).root / what / f"{arm_name}-inv{nfe}-dec" \
                 f"{decode_nfe or nfe}{'' if target_class is None else f'-to{target_class}'}.png"
             grid = before_after_grid(x, [decoded], base.with_suffix(".png"),
@@ -236,7 +237,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
                 np.savez(handle, noise=noise.numpy(), images=to_uint8(x).numpy(), decoded=to_uint8(decoded).numpy(),
                          source_labels=(src if src is not None else torch.full((len(idx),), -1)).numpy(),
                          target_labels=(dst if dst is not None else torch.full((len(idx),), -1)).numpy(),
-                         indices=np.asarray(idx))
+                         indices=np.asarray(idx), t_start=np.float64(config.sample.t_start))
 
             arrays = atomic_write(base.with_suffix(".npz"), dump)
         except _errors() as err:

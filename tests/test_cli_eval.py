@@ -132,6 +132,14 @@ def test_invert_and_translate(workdir):
     assert Path("inv.png").exists()
     with np.load("inv.npz") as data:
         assert data["noise"].shape == (4, 1, 8, 8) and data["decoded"].dtype == np.uint8
+        assert float(data["t_start"]) == 0.99  # decoding starts where the profile's sampling does
+        noise, decoded = data["noise"], data["decoded"]
+    r = run("invert", "--arm", "rfpp", "--num-images", "4", "--nfe", "3", "--decode-nfe", "2", "--out", "ref.png",
+            "sample.t_start=0.99999", *OVERRIDES)
+    assert r.exit_code == 0, _out(r)
+    with np.load("ref.npz") as data:
+        assert float(data["t_start"]) == 0.99999
+        assert np.array_equal(data["noise"], noise) and not np.array_equal(data["decoded"], decoded)
     r = run("translate", "--checkpoint", "cond.pt", "--target-class", "2", "--indices", "0,1,2", "--out", "tr.png",
             *OVERRIDES, *COND)
     assert r.exit_code == 0, _out(r)

@@ -320,16 +320,19 @@ def sample_meta(spec: SamplingSpec, info: dict[str, Any], checkpoint: str | Path
 @torch.no_grad()
 def invert_and_decode(velocity: torch.nn.Module, images: torch.Tensor, source_labels: torch.Tensor | None,
                       target_labels: torch.Tensor | None, invert_nfe: int, decode_nfe: int, solver: str = "euler",
-                      update: str = "new", device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      update: str = "new", device: torch.device | None = None,
+                      t_start: float = T_START) -> tuple[torch.Tensor, torch.Tensor]:
     """Images in [−1, 1] → noise (inversion in `invert_nfe` steps with `source_labels`) → images decoded in
-    `decode_nfe` steps with `target_labels` (the same class: reconstruction; another: translation)."""
+    `decode_nfe` steps from t₀ = `t_start` with `target_labels` (the same class: reconstruction; another:
+    translation)."""
     device = device or torch.device("cpu")
     velocity = velocity.to(device).eval()
     x = images.to(device)
     src = source_labels.to(device) if source_labels is not None else None
     dst = target_labels.to(device) if target_labels is not None else None
     noise = invert(velocity, x, nfe=invert_nfe, class_labels=src, solver=solver)
-    decoded = sample(velocity, noise, nfe=decode_nfe, solver=solver, update=update, class_labels=dst)
+    decoded = sample(velocity, noise, nfe=decode_nfe, solver=solver, update=update, class_labels=dst,
+                     t_start=t_start)
     return noise.float().cpu(), decoded.float().cpu()
 
 
