@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rfpp.atomic import write_json  # noqa: E402
-from rfpp.config import apply_overrides, load_config  # noqa: E402
+from rfpp.config import apply_overrides, load_config, profile_path  # noqa: E402
 from rfpp.paths import ProfilePaths  # noqa: E402
 
 SHARED = ("teacher", "pairs", "features")  # stages that do not depend on the training seed
@@ -91,9 +91,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. train.steps=1500")
     args = parser.parse_args()
 
-    profile_path = Path(args.profile) if args.profile.endswith((".yaml", ".yml")) else \
-        ROOT / "params" / f"{args.profile}.yaml"
-    base = yaml.safe_load(profile_path.read_text())
+    base = yaml.safe_load(profile_path(args.profile).read_text())
     name = base["profile"]
     source = ROOT / "results" / name
     missing = [d for d in SHARED if d != "features" and not (source / d).exists()]

@@ -49,10 +49,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. sample.seed=1")
     args = parser.parse_args()
 
-    profile = args.profile
-    if not profile.endswith((".yaml", ".yml")):
-        profile = str(ROOT / "params" / f"{profile}.yaml")
-    config = load_config(profile, args.overrides)
+    config = load_config(args.profile, args.overrides)
     paths = ProfilePaths.of(config.profile, ROOT / "results")
     t_starts = [float(t) for t in args.t_start.split(",")]
     nfes = [int(k) for k in args.nfe.split(",")] if args.nfe else list(config.sample.nfe)
