@@ -1,7 +1,8 @@
 """Atomic file writes: a temporary file beside the target, flushed and fsynced, then renamed over it.
 
 A reader (or a resumed stage) therefore sees either the old file or the complete new one, never a
-half-written file, even after kill -9.
+half-written file, even after kill -9. The file gets the permissions a plain open() would give it (0666 less
+the umask: 0644 by default), not mkstemp's 0600.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], mode: str 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_mode())
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
@@ -32,6 +34,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], mode: str 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def default_mode() -> int:
+    """0666 less the umask: the mode open() gives a new file."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc says it; else set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

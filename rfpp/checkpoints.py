@@ -3,7 +3,8 @@
 A model file is a `torch.save`d dict (loaded with `weights_only=True`, so nothing in it executes):
     {"format": "rfpp.model", "version": 1, "arch": "SongUNet" | "DhariwalUNet",
      "net_kwargs": EDM's constructor arguments, "sigma_data": 0.5, "state_dict": the network's weights,
-     "meta": free-form provenance (source, sha256 of the source, training steps, …)}
+     "meta": free-form provenance (source, sha256 of the source, training steps, its stage's fingerprint, …),
+     "tensors_sha256": the digest of every tensor in the file (rfpp.provenance), checked on every load}
 The network is always used as an EDM denoiser and, for rectified flows, in velocity form.
 Writes are atomic (temporary name in the same folder, then rename).
 """
@@ -22,6 +23,7 @@ from torch import nn
 
 from rfpp.atomic import atomic_write
 from rfpp.nets import ARCHITECTURES, EDMDenoiser, EDMVelocity, build_network
+from rfpp.provenance import seal, verify_sealed
 
 FORMAT = "rfpp.model"
 VERSION = 1
@@ -73,7 +75,7 @@ def save_model(path: str | Path, net: nn.Module, sigma_data: float = 0.5, meta: 
              for k, v in net.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "arch": arch, "net_kwargs": kwargs,
                "sigma_data": float(sigma_data), "state_dict": state, "meta": dict(meta or {})}
-    return atomic_torch_save(payload, path)
+    return atomic_torch_save(seal(payload), path)
 
 
 _MAX_LISTED = 8
@@ -121,6 +123,7 @@ def load_model(path: str | Path, expect_arch: str | None = None,
     if payload.get("version") != VERSION:
         raise CheckpointError(f"{path} is an rfpp model file of version {payload.get('version')}; "
                               f"this rfpp reads version {VERSION}")
+    verify_sealed(payload, path, "model file", error=CheckpointError)
     arch, kwargs = payload["arch"], dict(payload["net_kwargs"])
     if expect_arch is not None and arch != expect_arch:
         raise CheckpointError(f"{path} holds a {arch}, but a {expect_arch} was expected")
@@ -134,3 +137,12 @@ def load_model(path: str | Path, expect_arch: str | None = None,
     velocity = EDMVelocity(EDMDenoiser(net, sigma_data=payload.get("sigma_data", 0.5))).eval()
     info = {k: v for k, v in payload.items() if k != "state_dict"}
     return velocity, info
+
+
+def model_digest(path: str | Path) -> str:
+    """The verified `tensors_sha256` of an rfpp model file: what a stage that reads the model records as its input."""
+    payload = safe_torch_load(path, "model file")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an rfpp model file (no 'format: {FORMAT}' record)")
+    verify_sealed(payload, path, "model file", error=CheckpointError)
+    return str(payload["tensors_sha256"])

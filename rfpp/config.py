@@ -8,7 +8,9 @@ MLflow. Unknown keys, wrong types and out-of-range values raise `ConfigError` na
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -234,14 +236,17 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if hint is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value
@@ -302,6 +307,8 @@ def load_config(profile: str = "digits", overrides: list[str] | None = None) -> 
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a mapping of sections")
+    if not values.get("profile"):
+        raise ConfigError(f"{path} has no `profile:` key; add `profile: <name>` (it names results/<name>/)")
     values = apply_overrides(values, list(overrides or []))
     config = _build(Config, values, "")
     validate(config)
@@ -326,6 +333,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"train.arms.{name}.a: must be > 0, got {arm.a}")
     positive = {"teacher.grid": config.teacher.grid, "teacher.grid_nfe": config.teacher.grid_nfe,
                 "pairs.count": config.pairs.count, "pairs.num_shards": config.pairs.num_shards,
+                "pairs.batch": config.pairs.batch, "pairs.steps": config.pairs.steps,
                 "train.steps": config.train.steps, "train.batch": config.train.batch,
                 "sample.num_samples": config.sample.num_samples, "data.resolution": config.data.resolution}
     for key, value in positive.items():

@@ -19,6 +19,8 @@ from types import TracebackType
 import numpy as np
 import torch
 
+from rfpp.atomic import default_mode
+
 from ..images import encode_png
 
 __all__ = ["EdmZipWriter", "write_edm_zip", "edm_image_name"]
@@ -54,6 +56,7 @@ class EdmZipWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.fchmod(fd, default_mode())
         os.close(fd)
         self._tmp = Path(tmp)
         self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self._tmp, "w", compression=zipfile.ZIP_STORED)
