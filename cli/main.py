@@ -19,6 +19,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="rfpp: one-round Reflow (2-rectified flow++) from pretrained diffusion models.")
 
 
+@app.callback()
+def _start() -> None:
+    """Every stage dies with the Snakemake run or torchrun launcher that started it (rfpp.lifeline)."""
+    from rfpp import lifeline
+
+    lifeline.install()
+
+
 @app.command()
 def config(profile: str = ProfileOpt, overrides: list[str] = OverridesArg) -> None:
     """Print the resolved configuration of a profile (after overrides)."""

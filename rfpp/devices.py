@@ -39,6 +39,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rfpp import lifeline
+from rfpp.lifeline import child_preexec
+
 LOCK_DIR_ENV = "RFPP_GPU_LOCK_DIR"
 NUM_GPUS_ENV = "RFPP_NUM_GPUS"
 TIMEOUT_ENV = "RFPP_GPU_TIMEOUT"
@@ -259,11 +262,11 @@ def claim_for_device(device: str | None, k: int = 1) -> list[int]:
 def run_with_gpus(k: int, command: list[str], timeout: float | None = None) -> int:
     """Claim k GPUs, run `command` with CUDA_VISIBLE_DEVICES set to them, hold the locks until it ends.
 
-    The lock files are inherited by the command, so its process keeps the devices even if this one is
-    killed. SIGINT/SIGTERM are passed on. Returns the command's exit status."""
+    The lock files are inherited by the command; the command gets SIGTERM when this process dies (kill -9
+    included: rfpp.lifeline), and SIGINT/SIGTERM are passed on. Returns the command's exit status."""
     claim_gpus(k, timeout=timeout)
     fds = list(_CLAIM.lock_files) if _CLAIM is not None else []
-    proc = subprocess.Popen(command, pass_fds=fds)
+    proc = subprocess.Popen(command, pass_fds=fds, preexec_fn=child_preexec)  # it dies with this process
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -288,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run (after --)")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    lifeline.install()  # under Snakemake: stop (and stop the command) when Snakemake is gone
     try:
         if not command:
             print(",".join(map(str, claim_gpus(args.gpus, timeout=args.timeout, quiet=True))))

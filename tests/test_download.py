@@ -106,17 +106,26 @@ def test_unreachable_server_is_a_clear_error(tmp_path):
     assert url in msg and "put it at" in msg and str(tmp_path / "net.pkl") in msg
 
 
-def test_local_path_passes_through_with_checksum(tmp_path):
-    f = tmp_path / "mine.pkl"
+def test_local_path_passes_through_with_checksum(tmp_path, monkeypatch):
+    """A user's own file is used where it is; its checksum record goes to rfpp's cache, never beside the file."""
+    from rfpp.teachers.download import record_dir
+
+    monkeypatch.setenv("RFPP_CACHE_DIR", str(tmp_path / "cache"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    f = mine / "mine.pkl"
     f.write_bytes(b"local snapshot")
     assert download(str(f), tmp_path / "unused") == f
-    assert (tmp_path / "mine.pkl.sha256").exists() and not (tmp_path / "unused").exists()
+    assert sorted(p.name for p in mine.iterdir()) == ["mine.pkl"] and not (tmp_path / "unused").exists()
+    records = list(record_dir().iterdir())
+    assert record_dir() == tmp_path / "cache" / "sha256" and len(records) == 1
+    assert records[0].read_text().startswith(hashlib.sha256(b"local snapshot").hexdigest())
     assert download(f.as_uri()) == f
     f.write_bytes(b"local snapshot, changed")
     with pytest.raises(ChecksumError, match="recorded"):
         download(str(f))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         download(str(tmp_path / "nope.pkl"))
-    (tmp_path / "mine.pkl.sha256").write_text("garbage\n")
+    records[0].write_text("garbage\n")
     with pytest.raises(ChecksumError, match="not a sha256 record"):
         download(str(f))

@@ -202,10 +202,14 @@ def test_snakefile_and_dvc_yaml_describe_the_same_dag():
 
 
 def test_dvc_params_match_the_rules_sections():
-    """Each DVC stage's params are the profile sections its Snakemake rule re-runs on (`section(...)`)."""
+    """Each DVC stage's params are the profile sections its Snakemake rule re-runs on (`section(stage)`), which are
+    the sections its outputs' fingerprints hold (rfpp.provenance.STAGE_SECTIONS)."""
+    from rfpp.provenance import STAGE_SECTIONS
+
     text = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
-    rule_sections = {m.group(1): sorted(re.findall(r'"(\w+)"', m.group(2))) for m in
-                     re.finditer(r"^rule (\w+):.*?sections=section\(([^)]*)\)", text, re.S | re.M)}
+    rule_sections = {m.group(1): sorted(STAGE_SECTIONS[m.group(2)]) for m in
+                     re.finditer(r'^rule (\w+):.*?sections=section\("(\w+)"\)', text, re.S | re.M)}
+    assert set(rule_sections) == {"teacher", "features", "pairs_shard", "pairs", "train", "sample", "fid"}
     for name, stage in dvc_stages().items():
         rule = name.split("@")[0]
         assert sorted(stage["params"].get("params/digits.yaml", [])) == rule_sections.get(rule, []), name

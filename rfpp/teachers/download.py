@@ -4,10 +4,12 @@
 request (and starts over when the server ignores Range), and renames the finished file into place with an atomic
 ``os.replace``.
 
-Checksum record: a sidecar file ``<file>.sha256`` next to the file, in ``sha256sum`` format (``<64 hex digits>
-<two spaces><file name>``, so ``sha256sum -c x.pkl.sha256`` works in its folder). It is written at the first
-download (or the first use of a local file) and checked at every later call; a mismatch raises
-:class:`ChecksumError`. Pass ``expected_sha256`` to pin a hash yourself: it takes precedence over the record and,
+Checksum record: for a downloaded file, a sidecar file ``<file>.sha256`` next to it, in ``sha256sum`` format
+(``<64 hex digits><two spaces><file name>``, so ``sha256sum -c x.pkl.sha256`` works in its folder). A local file of
+the user's is never written beside: its record lives in rfpp's cache (``record_dir()``: ``$RFPP_CACHE_DIR``, else
+``$XDG_CACHE_HOME/rfpp``, else ``~/.cache/rfpp``, under ``sha256/``), named after the file's absolute path. A record
+is written at the first download (or the first use of a local file) and checked at every later call; a mismatch
+raises :class:`ChecksumError`. Pass ``expected_sha256`` to pin a hash yourself: it takes precedence over the record and,
 when the file matches it, replaces the record.
 
 Concurrent callers (several pair-generation workers) are serialised with an advisory lock on ``<file>.lock``.
@@ -52,12 +54,24 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
+def record_dir() -> Path:
+    """Where the checksum records of the user's own local files go (see the module docstring)."""
+    if os.environ.get("RFPP_CACHE_DIR"):
+        return Path(os.environ["RFPP_CACHE_DIR"]) / "sha256"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rfpp" / "sha256"
 
 
-def _read_record(path: Path) -> str | None:
-    side = _sidecar(path)
+def _sidecar(path: Path, in_cache: bool = False) -> Path:
+    """The checksum record of `path`: beside it, or (a user's file, `in_cache`) in record_dir()."""
+    if not in_cache:
+        return path.with_name(path.name + ".sha256")
+    key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
+    return record_dir() / f"{path.name}.{key}.sha256"
+
+
+def _read_record(path: Path, in_cache: bool = False) -> str | None:
+    side = _sidecar(path, in_cache)
     if not side.exists():
         return None
     text = side.read_text().strip()
@@ -68,10 +82,11 @@ def _read_record(path: Path) -> str | None:
     return digest
 
 
-def _write_record(path: Path, digest: str) -> None:
-    side = _sidecar(path)
-    tmp = side.with_name(side.name + ".tmp")
+def _write_record(path: Path, digest: str, in_cache: bool = False) -> None:
+    side = _sidecar(path, in_cache)
+    tmp = side.with_name(f"{side.name}.{os.getpid()}.tmp")
     try:
+        side.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(f"{digest}  {path.name}\n")
         os.replace(tmp, side)
     except OSError as e:
@@ -90,33 +105,36 @@ def _normalise_hash(expected: str | None) -> str | None:
     return digest
 
 
-def verify_or_record_sha256(path: str | os.PathLike, expected_sha256: str | None = None) -> str:
+def verify_or_record_sha256(path: str | os.PathLike, expected_sha256: str | None = None,
+                            in_cache: bool = False) -> str:
     """Check `path` against `expected_sha256` or its ``.sha256`` record; record the hash if there is none.
 
-    Returns the file's sha256. Raises :class:`ChecksumError` on a mismatch.
+    `in_cache`: the record lives in rfpp's cache (a user's own file), not beside the file. Returns the file's
+    sha256. Raises :class:`ChecksumError` on a mismatch.
     """
     path = Path(path)
     expected = _normalise_hash(expected_sha256)
     actual = sha256_file(path)
-    recorded = _read_record(path)
+    recorded = _read_record(path, in_cache)
+    side = _sidecar(path, in_cache)
     if expected is not None:
         if actual != expected:
             raise ChecksumError(
                 f"sha256 mismatch for {path}: expected {expected} (passed as expected_sha256), got {actual}. "
                 f"The file is corrupted, was modified, or is a different version. Delete {path} (and "
-                f"{_sidecar(path).name}) and run again to download it afresh, or pass the right expected_sha256.")
+                f"{side.name}) and run again to download it afresh, or pass the right expected_sha256.")
         if recorded != actual:
-            _write_record(path, actual)
+            _write_record(path, actual, in_cache)
         return actual
     if recorded is None:
-        _write_record(path, actual)
+        _write_record(path, actual, in_cache)
         return actual
     if actual != recorded:
         raise ChecksumError(
-            f"sha256 mismatch for {path}: recorded {recorded} in {_sidecar(path)} when it was first "
+            f"sha256 mismatch for {path}: recorded {recorded} in {side} when it was first "
             f"downloaded/used, now {actual}. The file was modified, truncated or replaced since. Delete {path} and "
-            f"{_sidecar(path)} and run again to download it afresh; or, if this file is the one you want, pass "
-            f"expected_sha256='{actual}' (or delete {_sidecar(path).name} to record the new hash).")
+            f"{side} and run again to download it afresh; or, if this file is the one you want, pass "
+            f"expected_sha256='{actual}' (or delete {side.name} to record the new hash).")
     return actual
 
 
@@ -207,7 +225,7 @@ def download(url: str, dest_dir: str | os.PathLike = "resources", filename: str 
     if local is not None:
         if not local.is_file():
             raise FileNotFoundError(f"{local} does not exist (or is not a file)")
-        verify_or_record_sha256(local, expected_sha256)
+        verify_or_record_sha256(local, expected_sha256, in_cache=True)
         return local
 
     name = filename or Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name

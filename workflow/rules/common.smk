@@ -1,9 +1,17 @@
 # The profile and its parameters. Rules read PARAMS only to name their outputs (arms, NFEs, shards), to
 # declare resources and to know which optional stages exist; everything else is the `rfpp` command's job.
 import json
+import os
+import shlex
 
 import yaml
 from snakemake.utils import validate
+
+from rfpp.lifeline import ENV_PARENT, anchor_value
+from rfpp.provenance import STAGE_SECTIONS
+
+# Every job's `rfpp` watches this process and stops when it is gone (kill -9 included): no orphan trains on.
+os.environ[ENV_PARENT] = anchor_value()
 
 PROFILE = str(config.get("profile", "digits"))
 PARAMS_FILE = str(config.get("params", f"params/{PROFILE}.yaml"))
@@ -12,7 +20,7 @@ with open(PARAMS_FILE) as _handle:
 validate(PARAMS, "../schemas/params.schema.yaml", set_default=False)
 
 RESULTS = f"results/{PARAMS['profile']}"
-RFPP = f"--profile {PARAMS_FILE}"  # every rule's `rfpp <stage> {RFPP} …`
+RFPP = f"--profile {shlex.quote(PARAMS_FILE)}"  # every rule's `rfpp <stage> {RFPP} …` (quoted: paths with spaces)
 ARMS = list(PARAMS["train"]["arms"])
 NFES = [int(k) for k in PARAMS["sample"]["nfe"]]
 NUM_SHARDS = int(PARAMS["pairs"]["num_shards"])
@@ -36,10 +44,16 @@ FID = f"{RESULTS}/fid/{{arm}}-nfe{{nfe}}.json"
 REPORT = f"{RESULTS}/report.md"
 
 
-def section(*names):
-    """The profile sections a rule depends on, as one string: a change re-runs the rule (rerun trigger
-    'params'), as DVC's `params:` does for the same stage."""
-    return json.dumps({name: PARAMS.get(name) for name in names}, sort_keys=True)
+def section(stage):
+    """The profile sections a stage depends on (rfpp.provenance.STAGE_SECTIONS, the same list its outputs'
+    fingerprints use), as one string: a change re-runs the rule (rerun trigger 'params'), as DVC's `params:` does."""
+    def lookup(dotted):
+        node = PARAMS
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    return json.dumps({name: lookup(name) for name in STAGE_SECTIONS[stage]}, sort_keys=True)
 
 
 wildcard_constraints:

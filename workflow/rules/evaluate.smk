@@ -22,7 +22,7 @@ rule fid:
     output:
         FID,
     params:
-        sections=section("data", "eval"),
+        sections=section("fid"),
     resources:
         gpu=1,
     shell:

@@ -6,7 +6,7 @@ rule pairs_shard:
         record=SHARD_RECORD,
         arrays=SHARD_FILES,
     params:
-        sections=section("seed", "pairs"),
+        sections=section("pairs"),
     resources:
         gpu=1,
     shell:
@@ -21,6 +21,6 @@ rule pairs:
     output:
         MANIFEST,
     params:
-        sections=section("seed", "pairs"),
+        sections=section("pairs"),
     shell:
         "rfpp pairs {RFPP} --finalize --num-shards {NUM_SHARDS}"

@@ -3,7 +3,7 @@ rule teacher:
     output:
         TEACHER,
     params:
-        sections=section("seed", "data", "teacher"),
+        sections=section("teacher"),
     resources:
         gpu=1 if PARAMS.get("teacher", {}).get("source", "train") == "train" else 0,
     shell:
@@ -15,6 +15,6 @@ rule features:
     output:
         FEATURES,
     params:
-        sections=section("seed", "data"),
+        sections=section("features"),
     shell:
         "rfpp features {RFPP}"

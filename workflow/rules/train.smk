@@ -16,7 +16,7 @@ rule train:
     output:
         STUDENT,
     params:
-        sections=section("seed", "pairs", "train"),
+        sections=section("train"),
     resources:
         gpu=TRAIN_GPUS,
     shell:
