@@ -35,6 +35,10 @@ def test_overrides_are_typed_and_applied():
     ("train.lr=5", r"train.lr: must be in \(0, 1\)"),
     ("sample.nfe=[0]", "every NFE must be at least 1"),
     ("nonsense", "must look like section.key=value"),
+    ("train.arms.rfpp.a=nan", "train.arms.rfpp.a: must be a finite number"),
+    ("train.lr=.inf", "train.lr: must be a finite number"),
+    ("sample.t_start=nan", "sample.t_start: must be a finite number"),
+    ("pairs.batch=0", "pairs.batch: must be at least 1"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -60,3 +64,36 @@ def test_cli_bad_override_exits_2_with_message():
     result = _rfpp("train", "--dry-run", "train.nope=1")
     assert result.returncode == 2
     assert "unknown config key train.nope" in result.stderr
+
+
+def test_a_profile_file_must_name_its_profile(tmp_path):
+    """No implicit `digits`: a profile file without `profile:` would have written into results/digits/."""
+    data = yaml.safe_load((PARAMS_DIR / "digits.yaml").read_text())
+    del data["profile"]
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="has no `profile:` key"):
+        load_config(str(path))
+    result = _rfpp("train", "--profile", str(path), "--restart")
+    assert result.returncode == 2 and "has no `profile:` key" in result.stderr
+
+
+def test_a_nan_setting_exits_2_naming_the_key():
+    result = _rfpp("train", "--arm", "rfpp", "--restart", "train.arms.rfpp.a=nan")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: train.arms.rfpp.a: must be a finite number, got 'nan'"
+
+
+def test_outputs_are_written_with_the_umask_mode(tmp_path):
+    """Atomic writes give files the mode open() would (0666 less the umask), not mkstemp's 0600."""
+    import os
+
+    from rfpp.atomic import write_text
+
+    old = os.umask(0o022)
+    try:
+        assert write_text(tmp_path / "a.txt", "x").stat().st_mode & 0o777 == 0o644
+        os.umask(0o002)
+        assert write_text(tmp_path / "b.txt", "x").stat().st_mode & 0o777 == 0o664
+    finally:
+        os.umask(old)
