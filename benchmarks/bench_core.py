@@ -40,7 +40,7 @@ from presets import NETS, NetPreset  # noqa: E402
 from rfpp.nets import EDMDenoiser, EDMVelocity, build_network  # noqa: E402
 from rfpp.timesteps import sample_timesteps  # noqa: E402
 
-# Dense bf16 matrix peak in TFLOP/s by device-name substring (DESIGN.md uses 790 for the H200; an H100 SXM
+# Dense bf16 matrix peak in TFLOP/s by device-name substring (docs/conventions.md uses 790 for the H200; an H100 SXM
 # is specified at 989). Override with --peak-tflops.
 BF16_PEAK_TFLOPS = {"H200": 790.0, "H100": 989.0, "A100": 312.0}
 

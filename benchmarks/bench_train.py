@@ -10,7 +10,7 @@ check (one host sync), Adam (fused on CUDA) and the EMA update. Data are synthet
     python benchmarks/bench_train.py --device cuda --nets cifar10 --precision fp32,bf16 --compile both
 
 VGG16 weights: the real ones when they are in the torch hub cache, otherwise a random-weight VGG16 written into a
-temporary TORCH_HOME (speed does not depend on the values; the note column says which). FLOPs per image: DESIGN.md's
+temporary TORCH_HOME (speed does not depend on the values; the note column says which). FLOPs/img: docs/conventions.md's
 ~220 GFLOP for the CIFAR-10 net with LPIPS at 224 (net fwd 42.8, VGG16 fwd 30.7); counted with FlopCounterMode for
 the tiny net. "% bf16 peak" is against the card's dense bf16 peak (H200 790 TFLOP/s, H100 989). Peak memory is
 torch.cuda.max_memory_allocated on CUDA, the process's peak RSS on the CPU.
@@ -193,7 +193,7 @@ def main() -> None:
                         torch._dynamo.reset()
                         torch.cuda.empty_cache()
     if peak:
-        print(f"\nbf16 peak {peak:.0f} TFLOP/s = {peak * 1e3 / 220:.0f} img/s at DESIGN.md's 220 GFLOP/img")
+        print(f"\nbf16 peak {peak:.0f} TFLOP/s = {peak * 1e3 / 220:.0f} img/s at docs/conventions.md's 220 GFLOP/img")
 
 
 if __name__ == "__main__":

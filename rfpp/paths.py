@@ -1,4 +1,4 @@
-"""Where each stage reads and writes, under results/<profile>/ (DESIGN.md's layout).
+"""Where each stage reads and writes, under results/<profile>/ (docs/conventions.md, "Layout").
 
 Every stage that writes also saves its resolved configuration beside its output (config.yaml).
 """

@@ -1,4 +1,4 @@
-"""Shared fixtures: the reference implementation's golden vectors in ../shared/golden; a TORCH_HOME holding
+"""Shared fixtures: the reference implementation's golden vectors in tests/golden/; a TORCH_HOME holding
 random-weight stand-ins for the downloaded VGG16 and Inception files."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-GOLDEN_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"  # what made these files and the tolerances: its README.md
 NETWORK_CASES = ["songunet_ncsnpp", "songunet_ddpmpp_cond", "dhariwalunet_cond"]
 
 
 def load_golden(name: str) -> dict:
     path = GOLDEN_DIR / f"{name}.pt"
     if not path.exists():
-        pytest.fail(f"golden file {path} is missing: the shared/ folder must sit beside the repository")
+        pytest.fail(f"golden file {path} is missing: restore tests/golden/ from the repository's git history")
     return torch.load(path, weights_only=True)
 
 
@@ -37,6 +37,12 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """‖a − b‖ / ‖b‖ in float64."""
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(monkeypatch, tmp_path_factory):
+    """rfpp's cache (checksum records of local files) in a temporary folder, not the user's ~/.cache."""
+    monkeypatch.setenv("RFPP_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "rfpp-cache"))
 
 
 @pytest.fixture(autouse=True)

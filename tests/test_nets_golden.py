@@ -50,7 +50,7 @@ def test_velocity_matches_float32_run(golden_nets):
 
 
 def test_velocity_is_consistent_with_denoiser(golden_nets):
-    """x̂ = x_t − t·v equals D(x_t/(1−t), t/(1−t)) (DESIGN.md's convention)."""
+    """x̂ = x_t − t·v equals D(x_t/(1−t), t/(1−t)) (docs/conventions.md, "EDM teachers in RF time")."""
     net, ref = golden_nets["songunet_ncsnpp"]
     den = EDMDenoiser(net)
     x_t = torch.randn(3, 3, 16, 16, dtype=torch.float64)

@@ -26,7 +26,7 @@ from rfpp.sampling import (
     user_grid,
 )
 
-TOL = 1e-4  # README: samplers, EDM Heun and straightness, relative
+TOL = 1e-4  # tests/golden/README.md: samplers, EDM Heun and straightness, relative
 
 
 # ----------------------------------------------------------------------------------------------------------------

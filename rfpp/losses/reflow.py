@@ -1,6 +1,6 @@
 """The training loss of one Reflow round: `ReflowLoss(kind)` and `combine(kind, huber, lpips, t)`.
 
-Conventions (DESIGN.md): x_t = (1 − t)·x + t·z, t = 0 data, t = 1 noise; velocity target v = z − x; predicted
+Conventions (docs/conventions.md): x_t = (1 − t)·x + t·z, t = 0 data, t = 1 noise; target v = z − x; predicted
 data x̂ = x_t − t·v̂. Images live in [−1, 1]. Every loss is per sample, shape (N,); the caller takes the mean.
 
 kinds:

@@ -1,6 +1,6 @@
 """EDM's preconditioning as a denoiser D(x, σ), and its rectified-flow velocity form v(x_t, t).
 
-Conventions (DESIGN.md): RF time t ∈ (0, 1), t = 0 data, t = 1 noise, x_t = (1−t)·x + t·z. An EDM
+Conventions (docs/conventions.md): RF time t ∈ (0, 1), t = 0 data, t = 1 noise, x_t = (1−t)·x + t·z. An EDM
 denoiser at noise level σ sees x_t/(1−t) with σ = t/(1−t); the velocity is v = (x_t − D)/t, so that
 x̂ = x_t − t·v = D. Images are in [−1, 1], NCHW.
 """

@@ -1,6 +1,6 @@
 """Samplers: rectified-flow ODE sampling and inversion, straightness, and EDM's Heun sampler.
 
-RF time t = 1 is noise, t = 0 data (DESIGN.md, "Sampling and NFE"); EDM's sampler works in σ.
+RF time t = 1 is noise, t = 0 data (docs/conventions.md, "Sampling and NFE"); EDM's sampler works in σ.
 """
 
 from rfpp.sampling.edm import edm_heun

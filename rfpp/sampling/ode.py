@@ -1,6 +1,6 @@
 """Rectified-flow ODE samplers: Euler and Heun on a time grid, with the plain or the paper's update.
 
-Conventions (DESIGN.md, "Sampling and NFE"): x_t = (1−t)·x + t·z, t = 1 noise, t = 0 data; the
+Conventions (docs/conventions.md, "Sampling and NFE"): x_t = (1−t)·x + t·z, t = 1 noise, t = 0 data; the
 velocity is any callable `velocity(x_t, t, class_labels) → v` with x_t of shape (N, …) and t of shape
 (N,). Predicted data x̂ = x_t − t·v.
 

@@ -1,4 +1,4 @@
-"""Straightness of a sampling trajectory (DESIGN.md, "Straightness"; the reference's definition).
+"""Straightness of a sampling trajectory (docs/conventions.md, "Straightness"; the reference's definition).
 
 For states x_0 … x_N (N steps, x_0 the start) and Δ = 1/N:
 S = (1/N)·Σ_{i=1..N} mean[((x_{i−1} − x_i)/Δ − (x_0 − x_N))²].

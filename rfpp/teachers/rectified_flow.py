@@ -1,6 +1,6 @@
 """A teacher for data that has none: a 1-rectified flow (flow matching on independent noise–data pairs).
 
-Convention (DESIGN.md): x_t = (1−t)·x + t·z with z ~ N(0, I) drawn independently of the image x,
+Convention (docs/conventions.md): x_t = (1−t)·x + t·z with z ~ N(0, I) drawn independently of the image x,
 t ~ U[1e−5, 1−1e−5], and the network (an EDM-preconditioned velocity, the same form the student of
 Reflow uses) regresses v = z − x with a mean squared error. Adam with a short linear warm-up and an
 exponential moving average of the weights; the EMA network is the teacher.

@@ -3,7 +3,7 @@
 The evaluation batch is the noise (and labels) of the first `eval_batch` pairs: the same in every run of a
 profile. At intervals, on rank 0, the EMA student samples it at NFE 1 and 2 (sample.solver/update) into PNG
 grids and integrates it with `straightness_nfe` Euler steps (plain update) to measure straightness
-(DESIGN.md's definition). Timesteps drawn in training are counted in a histogram of HIST_BINS bins over [0, 1].
+(docs/conventions.md). Timesteps drawn in training are counted in a histogram of HIST_BINS bins over [0, 1].
 """
 
 from __future__ import annotations
