@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,14 @@ def _log(run: Any, method: str, *args: Any, **kwargs: Any) -> None:
 
 
 def _errors() -> tuple[type[BaseException], ...]:
+    """What a command reports as one line and exit 1 (rfpp.tracking.TrackingError is a ValueError)."""
     from rfpp.checkpoints import CheckpointError
     from rfpp.eval.generate import SamplesError
+    from rfpp.provenance import LockedError, ProvenanceError
+    from rfpp.report import ReportError
 
-    errors: list[type[BaseException]] = [CheckpointError, SamplesError, ValueError, FileNotFoundError, OSError]
+    errors: list[type[BaseException]] = [CheckpointError, SamplesError, LockedError, ProvenanceError, ReportError,
+                                         ValueError, FileNotFoundError, OSError]
     try:
         from rfpp.eval.fid import FIDError, ProtocolMismatchError
 
@@ -57,6 +62,40 @@ def _errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     return tuple(errors)
+
+
+def _check_writable(directory: Path, what: str) -> None:
+    """Fail (exit 1) before any work when `directory` cannot be made or written into, naming it.
+
+    (As root, os.access says yes to any existing directory; a path through a regular file is still found.)
+    """
+    blocker = next((p for p in [*reversed(directory.parents), directory] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        fail(f"cannot write {what} into {directory}: {blocker} is a file, not a directory; move it away or pass --out")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        fail(f"cannot write {what} into {directory}: {err.strerror or err}; make it a writable directory or pass --out")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        fail(f"cannot write {what} into {directory}: it is not writable; fix its permissions or pass --out")
+
+
+def _check_grid(nfes: list[int | None], solver: str, t_start: float) -> None:
+    """Fail before any work when the default grid of an NFE cannot start at `t_start` (exit 2, naming the option
+    to change); None in `nfes` (a user --schedule) only needs t_start in (0, 1)."""
+    from rfpp.sampling.grids import check_t_start, steps_for_nfe
+
+    for k in nfes:
+        try:
+            steps = steps_for_nfe(k, solver) if k is not None else 1
+        except ValueError as err:  # e.g. Heun with an even NFE: exit 1, as the sampler has always reported it
+            fail(str(err))
+        try:
+            check_t_start(t_start, steps)
+        except ValueError as err:
+            fix = (f"raise --t-start (sample.t_start) above {(steps - 1) / steps:g} or lower --nfe"
+                   if 0 < t_start < 1 else "give --t-start (sample.t_start) in (0, 1)")
+            fail(f"{err}; {fix}", EXIT_USAGE)
 
 
 def _arms_and_checkpoints(config: Any, checkpoint: str | None, arm: str | None) -> list[tuple[str, Path]]:
@@ -116,16 +155,18 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
             SamplingSpec,
             generate,
             load_student,
+            lock_path,
             merge_shards,
             parse_numbers,
             resolve_device,
             sample_meta,
             shard_indices,
             shard_path,
+            stem_of,
             write_samples,
         )
         from rfpp.paths import ProfilePaths
-        from rfpp.sampling.grids import check_t_start, steps_for_nfe
+        from rfpp.provenance import output_lock
 
         sc = config.sample
         fmt_ = fmt or sc.format
@@ -135,9 +176,6 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
             fail(f"--shard {shard} must be smaller than --num-shards {num_shards}", EXIT_USAGE)
         try:
             grid_times = parse_numbers(schedule, float, "--schedule") or sc.schedule
-            if t_start is not None:
-                check_t_start(t_start, max([steps_for_nfe(k, solver or sc.solver) for k in ([nfe] if nfe else sc.nfe)],
-                                           default=1))
             labels = parse_numbers(class_labels, int, "--class-labels")
             dev = resolve_device(device or config.device)
         except ValueError as err:
@@ -145,6 +183,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
         nfes = [nfe] if nfe is not None else ([None] if grid_times else list(sc.nfe))
         if grid_times and nfe is not None:
             fail("give either --nfe or --schedule, not both", EXIT_USAGE)
+        if not merge:
+            _check_grid(nfes, solver or sc.solver, sc.t_start if t_start is None else t_start)
         targets = _arms_and_checkpoints(config, checkpoint, arm)
         if out and (len(targets) > 1 or len(nfes) > 1):
             fail("--out needs a single arm (or --checkpoint) and a single --nfe", EXIT_USAGE)
@@ -158,26 +198,29 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
                                     class_labels=labels, straightness_samples=sc.straightness_samples)
                 n_eval = k if k is not None else 2 * len(grid_times) - 1 if spec.solver == "heun" else len(grid_times)
                 target = Path(out) if out else paths.samples(arm_name, n_eval)
+                part = shard_path(target, shard, num_shards) if num_shards > 1 and not merge else target
+                _check_writable(stem_of(part).parent, "samples")
                 try:
-                    if merge:
-                        written = merge_shards(target, num_shards, fmt=fmt_, grid=sc.grid, grid_scale=sc.grid_scale)
-                        typer.echo(f"merged {num_shards} shards into {written['samples']}")
-                        continue
-                    with tracked(config, "sample", arm_name) as run:
-                        velocity, info = load_student(cp, config)
-                        idx = shard_indices(spec.num_samples, shard, num_shards)
-                        images, labs, s = generate(velocity, spec, idx, dev, progress=True)
-                        meta = sample_meta(spec, info, cp, s, shard, num_shards, dev)
-                        meta.update(arm=arm_name, profile=config.profile)
-                        if num_shards > 1:
-                            written = write_samples(shard_path(target, shard, num_shards), images, labs, list(idx),
-                                                    meta, "npz", write_grid=False)
-                        else:
-                            written = write_samples(target, images, labs, list(idx), meta, fmt_, grid=sc.grid,
-                                                    grid_scale=sc.grid_scale)
-                        _log(run, "log_metrics", {f"straightness_nfe{n_eval}": s} if s is not None else {})
-                        if "grid" in written:
-                            _log(run, "log_image_file", str(written["grid"]), artifact_path=f"samples/{arm_name}")
+                    with output_lock(lock_path(part), f"sample set {stem_of(part)}"):
+                        if merge:
+                            written = merge_shards(target, num_shards, fmt=fmt_, grid=sc.grid,
+                                                   grid_scale=sc.grid_scale)
+                            typer.echo(f"merged {num_shards} shards into {written['samples']}")
+                            continue
+                        with tracked(config, "sample", arm_name) as run:
+                            velocity, info = load_student(cp, config)
+                            idx = shard_indices(spec.num_samples, shard, num_shards)
+                            images, labs, s = generate(velocity, spec, idx, dev, progress=True)
+                            meta = sample_meta(spec, info, cp, s, shard, num_shards, dev)
+                            meta.update(arm=arm_name, profile=config.profile)
+                            if num_shards > 1:
+                                written = write_samples(part, images, labs, list(idx), meta, "npz", write_grid=False)
+                            else:
+                                written = write_samples(target, images, labs, list(idx), meta, fmt_, grid=sc.grid,
+                                                        grid_scale=sc.grid_scale)
+                            _log(run, "log_metrics", {f"straightness_nfe{n_eval}": s} if s is not None else {})
+                            if "grid" in written:
+                                _log(run, "log_image_file", str(written["grid"]), artifact_path=f"samples/{arm_name}")
                 except _errors() as err:
                     fail(str(err))
                 straight = f", straightness {s:.4g}" if not merge and s is not None else ""
@@ -310,7 +353,14 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
         Inception); reference eval.reference ('dataset', a URL or an .npz with mu/sigma).
         """
         config = resolve(profile, overrides, dry_run)
-        from rfpp.eval.fid import evaluate_images, feature_net_spec, write_result
+        from rfpp.checkpoints import file_sha256
+        from rfpp.eval.fid import (
+            check_sample_shape,
+            evaluate_images,
+            feature_net_spec,
+            profile_image_shape,
+            write_result,
+        )
         from rfpp.eval.generate import read_samples, resolve_device
         from rfpp.paths import ProfilePaths
 
@@ -326,6 +376,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
             jobs = [(a, k, paths.samples(a, k)) for a in arms for k in nfes]
         if out and len(jobs) > 1:
             fail("--out needs a single --arm and --nfe (or --samples)", EXIT_USAGE)
+        _check_writable(Path(out).parent if out else paths.root / "fid", "FID results")
         try:
             dev = resolve_device(device or config.device)
             fnet = feature_net_spec(ev.feature_net, paths.features, inception_weights or ev.inception_weights)
@@ -340,19 +391,19 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
                 continue
             try:
                 with tracked(config, "fid", arm_name) as run:
+                    sha = file_sha256(path) if Path(path).is_file() else None  # before reading: a later remake shows
                     images, _, meta = read_samples(path)
+                    check_sample_shape(images, profile_image_shape(config), str(path), config.profile)
                     result = evaluate_images(images, fnet, ev.reference, paths.root / "fid", config.data.dataset,
                                              config.data.resolution, num_samples=ev.num_samples,
                                              isc=ev.isc if isc is None else isc, kid=ev.kid if kid is None else kid,
                                              prc=ev.prc if prc is None else prc, kid_subset_size=ev.kid_subset_size,
                                              batch=ev.batch, device=dev, reference_sha256=ev.reference_sha256,
                                              progress=True)
-                    from rfpp.checkpoints import file_sha256
-
                     k_eff = k if k is not None else meta.get("nfe")
                     result.update(arm=arm_name, profile=config.profile, straightness=meta.get("straightness"),
                                   samples={"path": str(path), "num_available": int(images.shape[0]),
-                                           "sha256": file_sha256(path) if Path(path).is_file() else None},
+                                           "sha256": sha, "fingerprint": (meta.get("fingerprint") or {}).get("id")},
                                   sampling={key: meta.get(key) for key in (
                                       "nfe", "solver", "update", "schedule", "t_start", "seed", "ema", "checkpoint",
                                       "checkpoint_sha256", "checkpoint_step", "class_labels", "noise")})
@@ -384,12 +435,16 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
         from rfpp.report import write_report
 
         paths = ProfilePaths.of(config.profile)
+        target = Path(out) if out else paths.report
+        _check_writable(target.parent, "the report")
         try:
             with tracked(config, "report") as run:
-                written = write_report(config, paths, Path(out) if out else paths.report)
+                written = write_report(config, paths, target)
                 _log(run, "log_artifact", str(written["report"]))
                 for png in written.get("plots", []):
                     _log(run, "log_image_file", str(png), artifact_path="report")
+                typer.echo(json.dumps({"report": str(written["report"]), "rows": written["rows"]}))
+                if written["stale"]:  # the report (written) marks them too
+                    fail("; ".join(written["stale"]))
         except _errors() as err:
             fail(str(err))
-        typer.echo(json.dumps({"report": str(written["report"]), "rows": written["rows"]}))

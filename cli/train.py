@@ -13,17 +13,23 @@ scaler, RNG states, data position, config; the last train.keep_last and every tr
 at the end, final.pt (the EMA student as an rfpp model file). Progress goes to MLflow (RFPP_TRACKING=off
 disables it).
 
-Existing checkpoints need --resume (continue exactly where the newest one stopped; the teacher's weights
-are then never loaded) or --restart (delete them and start from the arm's init). --resume with no
-checkpoint starts from the arm's init.
+Existing checkpoints need --resume (continue exactly where the newest checkpoint that verifies stopped;
+a corrupted newer one is skipped and named; the teacher's weights are then never loaded) or --restart
+(start from the arm's init; the old checkpoints are moved to checkpoints.previous/ once the teacher, the
+pairs and the perceptual network are checked, and deleted when the new run writes its first checkpoint).
+--resume with no checkpoint starts from the arm's init. A checkpoint made from other inputs (pairs remade,
+another teacher) is refused. Checkpoints and final.pt carry the sha256 of their tensors and the run's
+fingerprint (settings and inputs). One process at a time trains an arm: a second one fails at once naming
+the first one's pid.
 
 Many GPUs: torchrun --nproc_per_node 4 -m cli.main train --profile cifar10 --arm rfpp
 (multi-node: torchrun's --nnodes/--node_rank/--rdzv_endpoint). train.batch is the global batch; each of
 the W processes takes batch/W, in micro-batches of train.micro_batch (gradient accumulation). Rank 0 alone
 writes and logs.
 
-Exit codes: 0 done, 1 a failure (non-finite loss, missing teacher/pairs/perceptual weights), 2 bad usage
-or configuration (unknown arm, checkpoints without --resume, a checkpoint made with other settings)."""
+Exit codes: 0 done, 1 a failure (non-finite loss, missing or corrupted teacher/pairs/perceptual weights/
+checkpoints, the arm being trained by another process), 2 bad usage or configuration (unknown arm,
+checkpoints without --resume, a checkpoint made with other settings or inputs)."""
 
 
 def register(app: typer.Typer) -> None:
@@ -31,7 +37,8 @@ def register(app: typer.Typer) -> None:
     def train(profile: str = ProfileOpt, overrides: list[str] = OverridesArg, dry_run: bool = DryRunOpt,
               arm: str = typer.Option(None, help="Training arm (a key of train.arms); default: every arm in turn."),
               resume: bool = typer.Option(False, help="Continue from the arm's newest checkpoint."),
-              restart: bool = typer.Option(False, help="Delete the arm's checkpoints and start over."),
+              restart: bool = typer.Option(False, help="Start over (the old checkpoints are set aside, then "
+                                                       "deleted at the new run's first checkpoint)."),
               until: int = typer.Option(None, help="Stop after this step (checkpoint written, no final model); "
                                                    "continue later with --resume."),
               progress: bool = typer.Option(True, help="Show a progress bar.")) -> None:
@@ -46,6 +53,7 @@ def register(app: typer.Typer) -> None:
         from rfpp.config import ConfigError
         from rfpp.losses import PerceptualWeightsNotFoundError
         from rfpp.pairs import PairSetError
+        from rfpp.provenance import LockedError
         from rfpp.tracking import TrackingError
         from rfpp.train import NonFiniteLossError, ResumeError, TrainSetupError, dist, train_arm
 
@@ -60,7 +68,7 @@ def register(app: typer.Typer) -> None:
         except (ConfigError, ResumeError) as err:
             fail(prefix + str(err), EXIT_USAGE)
         except (NonFiniteLossError, CheckpointError, TrainSetupError, PairSetError, PerceptualWeightsNotFoundError,
-                TrackingError) as err:
+                TrackingError, LockedError) as err:
             fail(prefix + str(err), EXIT_FAILURE)
         finally:
             dist.teardown()

@@ -6,6 +6,10 @@ Reads what the stages wrote under results/<profile>/ and tolerates whatever is a
 - train/<arm>/: any *.json with a throughput key (images_per_s, img_per_s, images_per_sec, throughput) and a
   loss curve from metrics.jsonl / metrics.csv / *.json lists of {"step", "loss"}.
 Writes report.md and report/*.png (FID vs NFE, loss curves, timestep densities, sample grids).
+
+A FID result whose recorded samples (the sample file's sha256, else the sample set's fingerprint) are no longer the
+ones on disk is marked stale in the table and listed in `write_report`'s "stale"; a directory without any result
+raises ReportError instead of writing an empty report.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 from rfpp.images import atomic_write
 
-# The paper's FIDs (50k samples, Inception) that a profile's arm × NFE can stand beside (DESIGN.md).
+# The paper's FIDs (50k samples, Inception) that a profile's arm × NFE can stand beside (docs/conventions.md).
 PAPER_FID: dict[str, dict[tuple[str, int], tuple[float, str]]] = {
     "cifar10": {("rfpp", 1): (3.38, "2-RF++, no real data"), ("baseline", 1): (12.21, "2-RF baseline (ladder A)"),
                 ("teacher_init", 1): (7.14, "+ teacher init, batch 512 (B)"), ("u_shaped", 1): (5.17, "+ U-shaped t"),
@@ -31,6 +35,10 @@ PAPER_FID: dict[str, dict[tuple[str, int], tuple[float, str]]] = {
 LADDER = [("2-RF baseline", 12.21), ("+ teacher init and batch 512", 7.14), ("+ U-shaped t", 5.17),
           ("+ pseudo-Huber", 5.24), ("+ LPIPS-Huber", 3.42), ("+ 1/t", 3.38)]
 THROUGHPUT_KEYS = ("images_per_s", "img_per_s", "images_per_sec", "train_images_per_s", "throughput")
+
+
+class ReportError(RuntimeError):
+    """Nothing to report: no result of the profile where the report looked."""
 
 
 def _read_json(path: Path) -> Any:
@@ -130,6 +138,29 @@ def loss_curve(train_dir: Path) -> list[tuple[float, float]]:
     return sorted(points)
 
 
+def stale_samples(result: Any) -> str | None:
+    """Why a FID result no longer describes the samples on disk, or None: it does, it recorded none (an older
+    rfpp), or its samples are gone (the number stands for what it scored)."""
+    recorded = result.get("samples") if isinstance(result, dict) else None
+    if not isinstance(recorded, dict) or not recorded.get("path"):
+        return None
+    from rfpp.checkpoints import file_sha256
+    from rfpp.eval.generate import stem_of, with_ext
+
+    path = Path(recorded["path"])
+    if recorded.get("sha256") and path.is_file():
+        now = file_sha256(path)
+        if now != recorded["sha256"]:
+            return (f"{path} was remade after its FID was computed (sha256 {recorded['sha256'][:12]}… scored, "
+                    f"{now[:12]}… on disk)")
+    elif recorded.get("fingerprint") and path.exists():
+        made_by = (_read_json(with_ext(stem_of(path), ".json")) or {}).get("fingerprint") or {}
+        if made_by.get("id") != recorded["fingerprint"]:
+            return (f"{path} was remade after its FID was computed (fingerprint {recorded['fingerprint'][:12]}… "
+                    f"scored, {str(made_by.get('id'))[:12]}… on disk)")
+    return None
+
+
 def collect(config: Any, paths: Any) -> list[dict[str, Any]]:
     """One row per arm × NFE with whatever is known."""
     rows = []
@@ -139,6 +170,8 @@ def collect(config: Any, paths: Any) -> list[dict[str, Any]]:
             fid = _read_json(paths.fid(arm, nfe))
             meta = _read_json(paths.samples(arm, nfe).with_suffix(".json"))
             grid = paths.samples(arm, nfe).with_suffix(".png")
+            default = str(paths.samples(arm, nfe))
+            scored = str(((fid.get("samples") or {}).get("path") if isinstance(fid, dict) else None) or default)
             paper = PAPER_FID.get(config.profile, {}).get((arm, nfe))
             rows.append({"arm": arm, "nfe": nfe, "fid": fid.get("value") if isinstance(fid, dict) else None,
                          "protocol_id": fid.get("protocol_id") if isinstance(fid, dict) else None,
@@ -148,8 +181,15 @@ def collect(config: Any, paths: Any) -> list[dict[str, Any]]:
                          "images_per_s": throughput, "paper_fid": paper[0] if paper else None,
                          "paper_note": paper[1] if paper else None, "grid": str(grid) if grid.exists() else None,
                          "t_start": (fid.get("sampling") or {}).get("t_start") if isinstance(fid, dict) else None,
+                         "stale": stale_samples(fid),
+                         "fid_command": fid_command(config.profile, arm, nfe, scored if scored != default else None),
                          "result": fid})
     return rows
+
+
+def fid_command(profile: str, arm: str, nfe: int, samples: str | None = None) -> str:
+    """The `rfpp fid` command that recomputes a FID from the samples on disk (`samples`: a non-default path)."""
+    return f"rfpp fid --profile {profile} --arm {arm} --nfe {nfe}" + (f" --samples {samples}" if samples else "")
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -265,11 +305,16 @@ def render(config: Any, rows: list[dict[str, Any]], plots: dict[str, Path], repo
     if other and not config.sample.schedule:
         lines[-1:-1] = [f"**Warning:** sampled from another first grid point than sample.t_start: "
                         f"{', '.join(other)}.", ""]
+    for r in rows:
+        if r["stale"]:
+            lines[-1:-1] = [f"**Stale:** the FID of {r['arm']} NFE {r['nfe']} is not of the samples on disk: "
+                            f"{r['stale']}; redo it with `{r['fid_command']}`.", ""]
     has_paper = any(r["paper_fid"] is not None for r in rows)
     header = ["arm", "NFE", "FID", "straightness", "train img/s"] + (["paper FID"] if has_paper else [])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [r["arm"], str(r["nfe"]), _fmt(r["fid"]), _fmt(r["straightness"]), _fmt(r["images_per_s"])]
+        fid = _fmt(r["fid"]) + (" (stale)" if r["stale"] else "")
+        cells = [r["arm"], str(r["nfe"]), fid, _fmt(r["straightness"]), _fmt(r["images_per_s"])]
         if has_paper:
             cells.append(f"{r['paper_fid']} ({r['paper_note']})" if r["paper_fid"] is not None else "—")
         lines.append("| " + " | ".join(cells) + " |")
@@ -295,11 +340,21 @@ def render(config: Any, rows: list[dict[str, Any]], plots: dict[str, Path], repo
 
 
 def write_report(config: Any, paths: Any, out: Path | None = None) -> dict[str, Any]:
-    """Write report.md and report/*.png; returns {"report", "plots", "rows"}."""
+    """Write report.md and report/*.png; returns {"report", "plots", "rows", "stale"} ("stale": one line per FID
+    whose samples were remade since, naming the command that redoes it). ReportError when there is no result."""
     out = Path(out or paths.report)
     rows = collect(config, paths)
+    found = any(r["fid"] is not None or r["straightness"] is not None or r["grid"] or r["images_per_s"] is not None
+                for r in rows) or any(loss_curve(paths.train_dir(arm)) for arm in config.train.arms)
+    if not found:
+        raise ReportError(f"no results of profile {config.profile!r} under {Path(paths.root).resolve()} (no FID in "
+                          "fid/, samples in samples/ or training metrics in train/); make them with `rfpp sample` "
+                          "and `rfpp fid` (or the whole pipeline: `snakemake --cores all`), or run `rfpp report` "
+                          "from the directory that holds results/")
     plots = _plots(config, paths, rows, out.parent / "report")
     text = render(config, rows, plots, out)
     atomic_write(out, lambda f: f.write(text.encode()))
     return {"report": out, "plots": list(plots.values()),
-            "rows": [{k: v for k, v in r.items() if k not in ("result", "grid", "paper_note")} for r in rows]}
+            "rows": [{k: v for k, v in r.items() if k not in ("result", "grid", "paper_note")} for r in rows],
+            "stale": [f"the FID of {r['arm']} NFE {r['nfe']} is stale: {r['stale']}; redo it with `{r['fid_command']}`"
+                      for r in rows if r["stale"]]}

@@ -11,7 +11,11 @@ Layout in MLflow (robust across processes; every stage is its own process under 
 - one *child* run per stage invocation, tagged ``mlflow.parentRunId`` (the UI nests it under the
   parent), ``rfpp.profile``, ``rfpp.stage``, ``rfpp.arm`` (where there is one), ``rfpp.group``,
   ``rfpp.code_version`` (``<rfpp.__version__>+<git sha>[-dirty]`` or ``+unknown``) and
-  ``mlflow.source.git.commit``. Select the children of one parent in the UI and "compare".
+  ``mlflow.source.git.commit``, and ``rfpp.host``, ``rfpp.pid``, ``rfpp.pid_start`` (the process's start
+  time, /proc/<pid>/stat field 22). Select the children of one parent in the UI and "compare".
+- a stage killed with SIGKILL cannot end its run: every stage that starts a run first marks KILLED the
+  RUNNING runs of its experiment that were started on this host by a process that is now dead (gone, a
+  zombie, or its pid reused by a process with another start time).
 
 The tracking URI is ``MLFLOW_TRACKING_URI`` when set, otherwise MLflow's own default, i.e. exactly
 the store that ``mlflow ui`` / ``mlflow server`` opens without arguments in the same directory
@@ -35,6 +39,7 @@ import logging
 import os
 import posixpath
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -74,8 +79,12 @@ _MAX_BUFFER = 100_000  # metrics kept while the store is unreachable
 _RETRY_PAUSE_S = 60.0
 
 
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used; the message names the URI and how to fix it."""
+class TrackingError(RuntimeError, ValueError):
+    """The tracking store cannot be used; the one-line message names the URI and how to fix it.
+
+    Also a ValueError (a bad MLFLOW_TRACKING_URI or store file, like a bad setting): every stage's CLI reports
+    ValueErrors as one line and exit 1, so an unusable store never ends a stage with a traceback.
+    """
 
 
 def tracking_enabled() -> bool:
@@ -310,10 +319,21 @@ class TrackedRun(NullRun):
 
 # -- start ----------------------------------------------------------------------------------------
 def _unusable(uri: str, err: BaseException | str) -> TrackingError:
+    """One line: the store, why (the error's first line; SQLAlchemy appends the SQL and a link), and the fixes."""
     detail = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else err
+    detail = (detail.strip().splitlines() or [""])[0][:300]
+    db = _sqlite_file(uri)
+    move = f", or move the damaged store {db} away (a new one is made)" if db is not None and db.exists() else ""
     return TrackingError(
         f"MLflow tracking URI {uri!r} is unusable ({detail}). Set MLFLOW_TRACKING_URI to a reachable store "
-        f"(e.g. sqlite:///mlflow.db or http://host:5000) or disable tracking with {ENV_SWITCH}=off.")
+        f"(e.g. sqlite:///mlflow.db or http://host:5000) or disable tracking with {ENV_SWITCH}=off{move}.")
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI (None for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
 
 
 def _probe_http(uri: str) -> None:
@@ -386,6 +406,42 @@ def _parent_run_id(client: Any, experiment_id: str, profile: str, group: str, ta
     return canonical
 
 
+def _process_tags() -> dict[str, str]:
+    """rfpp.host, rfpp.pid and rfpp.pid_start (the start time, /proc/<pid>/stat field 22) of this process: what
+    `_end_dead_runs` checks later."""
+    from rfpp.lifeline import start_time
+
+    return {"rfpp.host": socket.gethostname(), "rfpp.pid": str(os.getpid()),
+            "rfpp.pid_start": str(start_time(os.getpid()) or "")}
+
+
+def _end_dead_runs(client: Any, experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of the experiment that a process on this host started and that process is dead
+    (gone, a zombie, or its pid now another process's: another start time); returns their run ids.
+
+    A stage killed with SIGKILL cannot end its own run; the next stage that starts one does. Runs of other hosts
+    (whose processes cannot be seen from here) and runs without these tags are left as they are.
+    """
+    from rfpp.lifeline import alive
+
+    host = socket.gethostname()
+    query = f"attributes.status = 'RUNNING' and tags.`rfpp.host` = {_quote(host)}"
+    ended = []
+    for run in client.search_runs([experiment_id], filter_string=query, max_results=1000):
+        tags = run.data.tags
+        pid, recorded = tags.get("rfpp.pid", ""), tags.get("rfpp.pid_start", "")
+        if not pid.isdigit() or alive(f"{pid}:{recorded}"):  # alive: the pid lives with the recorded start time
+            continue
+        client.set_tag(run.info.run_id, "rfpp.error",
+                       f"process {pid} on {host} died without ending this run (kill -9, out of memory, a crash); "
+                       "marked KILLED when the next stage started")
+        client.set_terminated(run.info.run_id, "KILLED")
+        ended.append(run.info.run_id)
+    if ended:
+        _log.info("marked %d MLflow run(s) of dead processes KILLED: %s", len(ended), ", ".join(ended))
+    return ended
+
+
 def _default_group(profile: str) -> str:
     from rfpp.paths import ProfilePaths
 
@@ -397,10 +453,10 @@ def _store_creation_lock(uri: str) -> Iterator[None]:
     """For a SQLite store, one process at a time (an flock on <db>.lock): stages started together on a store
     that does not exist yet would otherwise race to create its tables (alembic: "Online migration expected
     to match one row"). Other stores: no lock."""
-    if not uri.startswith("sqlite:///"):
+    db = _sqlite_file(uri)
+    if db is None:
         yield
         return
-    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{db}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -427,7 +483,9 @@ def _begin(config: Any, stage: str, arm: str | None, run_name: str | None, tags:
             client = mlflow.MlflowClient(tracking_uri=uri)
             experiment_id = _retry(lambda: _experiment_id(client, f"rfpp-{profile}"))
         parent = _retry(lambda: _parent_run_id(client, experiment_id, profile, group, common))
-        run_tags = {**common, "rfpp.stage": stage, "mlflow.parentRunId": parent, "rfpp.git_dirty": str(dirty).lower(),
+        _retry(lambda: _end_dead_runs(client, experiment_id))
+        run_tags = {**common, **_process_tags(), "rfpp.stage": stage, "mlflow.parentRunId": parent,
+                    "rfpp.git_dirty": str(dirty).lower(),
                     "mlflow.source.name": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:MAX_TAG_VALUE] or stage,
                     "mlflow.source.type": "LOCAL"}
         if arm is not None:

@@ -21,6 +21,7 @@ from rfpp.eval.fid import (
     FIDError,
     ProtocolMismatchError,
     check_comparable,
+    check_sample_shape,
     compare,
     evaluate_images,
     extract_features,
@@ -29,6 +30,7 @@ from rfpp.eval.fid import (
     inception_cache_path,
     load_stats,
     make_extractor,
+    profile_image_shape,
     save_stats,
     statistics,
 )
@@ -200,3 +202,14 @@ def test_inception_missing_offline_and_foreign_files(tmp_path, monkeypatch):
 
     with pytest.raises(CheckpointError, match="inception-v3-compat"):
         feature_net_spec("inception", inception_weights=str(foreign))
+
+
+def test_samples_of_another_shape_than_the_profiles_are_refused():
+    from rfpp.config import load_config
+
+    digits, cifar = load_config("digits"), load_config("cifar10")
+    assert profile_image_shape(digits) == (1, 8, 8) and profile_image_shape(cifar) == (3, 32, 32)
+    check_sample_shape(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), (1, 8, 8), "ok.npz", "digits")
+    for shape in ((2, 3, 8, 8), (2, 1, 16, 16)):
+        with pytest.raises(FIDError, match=r"x\d+ images .* but profile 'digits' makes 1x8x8"):
+            check_sample_shape(torch.zeros(shape, dtype=torch.uint8), (1, 8, 8), "x.npz", "digits")

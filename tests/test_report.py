@@ -10,7 +10,7 @@ import pytest
 from rfpp.config import load_config
 from rfpp.images import save_grid
 from rfpp.paths import ProfilePaths
-from rfpp.report import write_report
+from rfpp.report import ReportError, write_report
 
 
 @pytest.fixture(autouse=True)
@@ -72,3 +72,34 @@ def test_cifar10_report_shows_the_papers_numbers_and_warns_on_mixed_protocols(tm
     assert "ablation ladder" in text and "| 2-RF baseline | 12.21 |" in text
     assert "different protocols" in text
     assert "No training loss history" in text
+
+
+def test_a_fid_of_samples_remade_since_is_stale(tmp_path):
+    """A PNG-folder sample set has no file sha256: its FID records the samples' fingerprint, checked against the
+    set's .json now on disk; a FID that recorded no samples (an older rfpp) is not judged."""
+    config = load_config("digits")
+    paths = ProfilePaths.of("digits", tmp_path)
+    folder = paths.samples("rfpp", 2).with_suffix("")
+    folder.mkdir(parents=True)
+    side = folder.with_suffix(".json")
+    side.write_text(json.dumps({"fingerprint": {"id": "a" * 64}}))
+    _fid(paths, "rfpp", 1, 12.5)
+    _fid(paths, "rfpp", 2, 8.25)
+    data = json.loads(paths.fid("rfpp", 2).read_text())
+    data["samples"] = {"path": str(folder), "sha256": None, "fingerprint": "a" * 64}
+    paths.fid("rfpp", 2).write_text(json.dumps(data))
+    assert write_report(config, paths)["stale"] == []
+    side.write_text(json.dumps({"fingerprint": {"id": "b" * 64}}))
+    stale = write_report(config, paths)["stale"]
+    assert len(stale) == 1 and stale[0].startswith(f"the FID of rfpp NFE 2 is stale: {folder} was remade")
+    assert stale[0].endswith(f"redo it with `rfpp fid --profile digits --arm rfpp --nfe 2 --samples {folder}`")
+    text = paths.report.read_text()
+    assert "| rfpp | 2 | 8.25 (stale) |" in text and "| rfpp | 1 | 12.5 |" in text
+
+
+def test_no_results_is_an_error_naming_where_it_looked(tmp_path):
+    paths = ProfilePaths.of("digits", tmp_path / "elsewhere")
+    with pytest.raises(ReportError, match="rfpp sample") as err:
+        write_report(load_config("digits"), paths)
+    assert str((tmp_path / "elsewhere" / "digits").resolve()) in str(err.value)
+    assert not paths.report.exists()

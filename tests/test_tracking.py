@@ -352,3 +352,105 @@ def test_real_mlflow_server_receives_separate_stage_processes(tmp_path: Path) ->
             server.wait(timeout=20)
         server_log.close()
 
+
+
+def test_a_corrupt_store_fails_any_stage_in_one_line(store: str, tmp_path: Path) -> None:
+    """4 KiB of random bytes over the start of mlflow.db: `rfpp sample` and `rfpp teacher` (stages with their own
+    error handling) each fail with one line naming the store and the fixes, exit 1, no traceback."""
+    from rfpp.checkpoints import save_model
+    from rfpp.nets import SongUNet
+
+    with start_run(load_config("digits"), stage="teacher"):
+        pass  # the module's store exists now
+    db = tmp_path / "broken" / "mlflow.db"
+    db.parent.mkdir()
+    db.write_bytes(Path(store.removeprefix("sqlite:///")).read_bytes())
+    with db.open("r+b") as handle:
+        handle.write(os.urandom(4096))
+    uri = f"sqlite:///{db}"
+    save_model(tmp_path / "results/digits/train/rfpp/final.pt",
+               SongUNet(img_resolution=8, in_channels=1, out_channels=1, model_channels=8, channel_mult=[1],
+                        num_blocks=1, attn_resolutions=[], dropout=0.0))
+    env = {**os.environ, **QUIET_ENV, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    env.pop("RFPP_TRACKING", None)
+    small = ["teacher.net.model_channels=8", "teacher.net.channel_mult=[1]"]
+    stages = [subprocess.Popen(["rfpp", *args, *small], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+              for args in (["sample", "--nfe", "1", "--arm", "rfpp", "--num-samples", "4"], ["teacher"])]
+    for stage in stages:
+        _out, errout = stage.communicate(timeout=300)
+        assert stage.returncode == 1, errout[-3000:]
+        lines = errout.strip().splitlines()
+        assert len(lines) == 1, errout[-3000:]
+        assert uri in lines[0] and "RFPP_TRACKING=off" in lines[0] and f"move the damaged store {db} away" in lines[0]
+    assert not (tmp_path / "results/digits/samples/rfpp/nfe1.npz").exists()
+    assert not (tmp_path / "results/digits/teacher/teacher.pt").exists()
+
+
+KILLABLE_STAGE = textwrap.dedent("""
+    import sys, time
+    from rfpp.config import load_config
+    from rfpp.tracking import start_run
+
+    with start_run(load_config("digits"), stage="train", arm=sys.argv[1]) as run:
+        print(run.run_id, flush=True)
+        time.sleep(600)
+""")
+
+
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2:].split()[0]
+
+
+def test_runs_of_killed_stages_end_killed_when_the_next_stage_starts(store: str, tmp_path: Path) -> None:
+    """Stages killed with SIGKILL (one reaped, one left a zombie) leave RUNNING runs; the next stage that starts a
+    run marks them KILLED, and a run whose pid now belongs to another process (another start time), but not a live
+    stage's run nor another host's."""
+    import socket as socket_
+
+    from rfpp.lifeline import start_time
+
+    env = {**os.environ, **QUIET_ENV, "MLFLOW_TRACKING_URI": store, "PYTHONPATH": str(ROOT)}
+    env.pop("RFPP_TRACKING", None)
+    stages = {arm: subprocess.Popen([sys.executable, "-c", KILLABLE_STAGE, arm], cwd=tmp_path, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+              for arm in ("reaped", "zombie", "alive")}
+    try:
+        ids = {arm: stage.stdout.readline().strip() for arm, stage in stages.items()}
+        assert all(ids.values()), ids
+        client = _client(store)
+        host = socket_.gethostname()
+        for arm, run_id in ids.items():
+            tags = client.get_run(run_id).data.tags
+            assert (tags["rfpp.host"], tags["rfpp.pid"]) == (host, str(stages[arm].pid))
+            assert tags["rfpp.pid_start"] == str(start_time(stages[arm].pid))
+        for arm in ("reaped", "zombie"):
+            os.kill(stages[arm].pid, signal.SIGKILL)
+        stages["reaped"].wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while _state(stages["zombie"].pid) != "Z":  # dead, not reaped (this test never waits for it)
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        experiment_id = client.get_run(ids["alive"]).info.experiment_id
+        reused = client.create_run(experiment_id, tags={"rfpp.host": host, "rfpp.pid": str(os.getpid()),
+                                                        "rfpp.pid_start": "1"}).info.run_id
+        elsewhere = client.create_run(experiment_id, tags={"rfpp.host": "another-host", "rfpp.pid": str(
+            stages["reaped"].pid), "rfpp.pid_start": "1"}).info.run_id
+        assert {client.get_run(i).info.status for i in [*ids.values(), reused, elsewhere]} == {"RUNNING"}
+
+        with start_run(load_config("digits"), stage="report") as run:
+            pass
+        status = {name: client.get_run(i).info.status for name, i in
+                  {**ids, "reused": reused, "elsewhere": elsewhere, "next": run.run_id}.items()}
+        assert status == {"reaped": "KILLED", "zombie": "KILLED", "alive": "RUNNING", "reused": "KILLED",
+                          "elsewhere": "RUNNING", "next": "FINISHED"}
+        error = client.get_run(ids["reaped"]).data.tags["rfpp.error"]
+        assert f"process {stages['reaped'].pid} on {host} died" in error
+    finally:
+        for stage in stages.values():
+            with contextlib.suppress(ProcessLookupError):
+                stage.kill()
+            stage.wait(timeout=60)
+            stage.stdout.close()

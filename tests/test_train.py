@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_helpers import load_state, make_world, tiny_teacher, world_config  # noqa: E402
 
-from rfpp.checkpoints import load_model, save_model  # noqa: E402
+from rfpp.checkpoints import file_sha256, load_model, save_model  # noqa: E402
 from rfpp.config import ConfigError, load_config  # noqa: E402
 from rfpp.train import (  # noqa: E402
     EMA,
@@ -121,9 +121,10 @@ def test_config_validation_names_the_key(world):
 
 # ---- exact resume ----------------------------------------------------------------------------------------------
 def test_stopped_and_resumed_run_is_bitwise_equal_and_never_reloads_the_teacher(world, tmp_path):
-    """6 steps in one go vs 3 (--until) + 3 resumed with dropout, accumulation and warmup; before resuming, the
-    teacher file is replaced by other weights: a resume that reloaded the teacher (the reference code's bug) would
-    end elsewhere."""
+    """6 steps in one go vs 3 (--until) + 3 resumed with dropout, accumulation and warmup: a resume that reloaded
+    the teacher's weights (the reference code's bug) would restart from step 0's weights and end elsewhere. A
+    teacher replaced by other weights after the checkpoint is refused (an input of the run changed); the resume
+    goes on once the original teacher is back."""
     over = ["train.micro_batch=4"]
     a = fresh(world, tmp_path / "a")
     config, paths = world_config(a, over)
@@ -137,6 +138,9 @@ def test_stopped_and_resumed_run_is_bitwise_equal_and_never_reloads_the_teacher(
     save_model(paths_b.teacher, tiny_teacher(seed=99), meta={"source": "another teacher"})
     with pytest.raises(ResumeError, match="--resume"):
         train_arm(config_b, "baseline", paths_b, progress=False)
+    with pytest.raises(ResumeError, match="input teacher="):
+        train_arm(config_b, "baseline", paths_b, resume=True, progress=False)
+    save_model(paths_b.teacher, tiny_teacher(), meta={"source": "test"})  # the original teacher, back
     rest = train_arm(config_b, "baseline", paths_b, resume=True, progress=False)
     assert rest.resumed_from == 3 and rest.finished
 
@@ -273,6 +277,7 @@ def test_digits_classifier_perceptual(world, tmp_path):
     train_arm(config, "arm", paths, restart=True, progress=False)
     _, info = load_model(paths.student("arm"))
     assert "feature-lpips(digits-classifier)" in info["meta"]["perceptual"]
+    assert info["meta"]["fingerprint"]["inputs"]["perceptual"] == file_sha256(paths.features)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -1,16 +1,20 @@
-"""A tiny training world for the train tests: a random 8×8 teacher, a small pair set and a profile YAML."""
+"""A tiny training world for the train tests: a random 8×8 teacher, a small pair set and a profile YAML; and
+`flip_tensor_bytes`, which corrupts the tensor data of a torch.save file in place."""
 
 from __future__ import annotations
 
+import shutil
+import struct
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from rfpp.checkpoints import save_model
+from rfpp.checkpoints import load_model, save_model
 from rfpp.config import Config, load_config
-from rfpp.nets import EDMDenoiser, SongUNet
+from rfpp.nets import SongUNet
 from rfpp.pairs import PairSpec, finalize, generate_shard, teacher_function
 from rfpp.paths import ProfilePaths
 
@@ -36,12 +40,8 @@ def make_world(root: Path, train: dict[str, Any] | None = None, count: int = 48,
 
     Run the stage with the working directory `root` (results/ is relative to it) or pass ProfilePaths."""
     paths = ProfilePaths.of(name, root / "results")
-    net = tiny_teacher()
-    save_model(paths.teacher, net, meta={"source": "test"})
-    spec = PairSpec(count=count, num_shards=1, chunk=16, seed=3, shape=SHAPE)
-    fn = teacher_function(EDMDenoiser(net).eval(), "edm_heun", steps=2)
-    generate_shard(paths.pairs_dir, spec, 0, fn, progress=False)
-    finalize(paths.pairs_dir, spec, {"teacher": {"name": "tiny"}})
+    save_model(paths.teacher, tiny_teacher(), meta={"source": "test"})
+    make_pairs(paths, count)
     profile = {"profile": name, "seed": 0, "device": "cpu",
                "data": {"dataset": "digits", "resolution": 8},
                "teacher": {"source": "train", "arch": "SongUNet", "net": NET},
@@ -51,6 +51,34 @@ def make_world(root: Path, train: dict[str, Any] | None = None, count: int = 48,
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(profile, sort_keys=False))
     return path
+
+
+def make_pairs(paths: ProfilePaths, count: int = 48, seed: int = 3) -> None:
+    """(Re)make the pair set of `paths` from its teacher file, noise drawn from `seed`."""
+    shutil.rmtree(paths.pairs_dir, ignore_errors=True)
+    velocity, _ = load_model(paths.teacher)
+    spec = PairSpec(count=count, num_shards=1, chunk=16, seed=seed, shape=SHAPE)
+    fn = teacher_function(velocity.denoiser.eval(), "edm_heun", steps=2)
+    generate_shard(paths.pairs_dir, spec, 0, fn, progress=False)
+    finalize(paths.pairs_dir, spec, {"teacher": {"name": "tiny"}})
+
+
+def flip_tensor_bytes(path: Path, count: int = 64) -> str:
+    """Invert `count` bytes in the middle of the largest tensor storage of a torch.save file (a zip archive whose
+    storages are stored uncompressed under <name>/data/<k>); returns the storage's name."""
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    assert info.compress_type == zipfile.ZIP_STORED and info.file_size >= count
+    with open(path, "r+b") as handle:
+        handle.seek(info.header_offset)
+        header = handle.read(30)  # the local file header: its name and extra field lengths are at bytes 26..29
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2 - count // 2
+        handle.seek(start)
+        data = handle.read(count)
+        handle.seek(start)
+        handle.write(bytes(b ^ 0xFF for b in data))
+    return info.filename
 
 
 def world_config(root: Path, overrides: list[str] | None = None, name: str = "tiny") -> tuple[Config, ProfilePaths]:

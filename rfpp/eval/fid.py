@@ -18,10 +18,12 @@ sha256 and layer, torch-fidelity version) with a ``.json`` beside it.
 
 Result json (`evaluate`): {"format": "rfpp.fid", "version": 1, "metric": "fid", "value", "metrics": {…},
 "protocol": {metric, feature_net, feature_layer, feature_net_sha256, reference, reference_sha256, num_samples,
-torch_fidelity}, "protocol_id", "feature_net": {…, "note"}, "reference": {…}, "samples": {…}, "sampling": {nfe,
+torch_fidelity}, "protocol_id", "feature_net": {…, "note"}, "reference": {…}, "samples": {path, num_available,
+sha256 (of the sample file; None for a PNG folder), fingerprint (the sample set's fingerprint id)}, "sampling": {nfe,
 solver, update, schedule, t_start, seed, ema, checkpoint, checkpoint_sha256, checkpoint_step, class_labels},
-"straightness", "arm", "profile", "versions", "created"}. `check_comparable` refuses numbers whose protocols
-differ.
+"straightness", "arm", "profile", "versions", "created"}; `rfpp report` checks that the samples it scored are still
+the ones on disk. Samples of another shape than the profile's images are refused (`check_sample_shape`).
+`check_comparable` refuses numbers whose protocols differ.
 """
 
 from __future__ import annotations
@@ -253,6 +255,24 @@ def extract_features(extractor: FeatureExtractorBase, images: torch.Tensor, batc
     channels = 3 if extractor.get_name() == INCEPTION_EXTRACTOR else None
     cuda = device is not None and torch.device(device).type == "cuda"
     return get_featuresdict_from_dataset(_UInt8Images(images, channels), extractor, batch, cuda, True, progress)
+
+
+def profile_image_shape(config: Any) -> tuple[int, int, int]:
+    """(channels, height, width) of a profile's images: teacher.net.in_channels (3 where the profile names no net:
+    its teacher is an EDM snapshot, all RGB) and data.resolution."""
+    resolution = int(config.data.resolution)
+    return int((config.teacher.net or {}).get("in_channels", 3)), resolution, resolution
+
+
+def check_sample_shape(images: torch.Tensor, expected: tuple[int, int, int], source: str, profile: str) -> None:
+    """FIDError unless uint8 images (N, C, H, W) are of the profile's shape: features of other images would be
+    compared with the reference's (the digits extractor resizes and averages channels silently)."""
+    got = tuple(int(d) for d in images.shape[1:])
+    if got != tuple(expected):
+        have, want = ("x".join(map(str, s)) for s in (got, expected))
+        raise FIDError(f"samples {source} are {have} images (channels x height x width), but profile {profile!r} "
+                       f"makes {want} (teacher.net.in_channels, data.resolution); score samples of this profile or "
+                       "choose the profile they belong to (--profile)")
 
 
 def statistics(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

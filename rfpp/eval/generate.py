@@ -5,7 +5,7 @@ network, the label given by the user (cycled) or `make_labels(seed, [i], label_d
 (`shard_indices(num_samples, shard, num_shards)`) produces exactly the samples a single run would.
 
 Sample files (`write_samples`):
-- ``<stem>.npz``: ``images`` uint8 (N, C, H, W) (DESIGN.md's on-disk convention), ``labels`` int64 (N,)
+- ``<stem>.npz``: ``images`` uint8 (N, C, H, W) (docs/conventions.md, "Images on disk"), ``labels`` int64 (N,)
   (−1 unconditional), ``indices`` int64 (N,) (the sample indices), ``meta`` a JSON string (0-d array);
 - or ``<stem>/`` a folder of PNGs, or ``<stem>.zip`` an EDM dataset zip (labels in dataset.json);
 - always ``<stem>.json`` (the same meta) and ``<stem>.png`` (a grid of the first samples).
@@ -27,10 +27,12 @@ import torch
 from rfpp.checkpoints import CheckpointError, file_sha256, load_model
 from rfpp.images import atomic_write, from_uint8, save_grid, save_png_folder, to_uint8
 from rfpp.pairs.noise import NOISE_RECIPE, make_labels, make_noise
+from rfpp.provenance import fingerprint
 from rfpp.sampling import invert, sample, straightness_per_sample
 from rfpp.sampling.grids import T_START
 
 FORMATS = ("npz", "png", "zip")
+FINGERPRINT_FORMAT = "rfpp.samples/1"  # of a sample set's fingerprint (`sample_meta`)
 
 
 class SamplesError(ValueError):
@@ -193,6 +195,13 @@ def stem_of(path: str | Path) -> Path:
     return path.with_suffix("") if path.suffix in (".npz", ".zip", ".png", ".json") else path
 
 
+def lock_path(path: str | Path) -> Path:
+    """The lock a writer of a sample set holds (rfpp.provenance.output_lock): samples/<arm>/.nfe2.lock for
+    samples/<arm>/nfe2.npz, .nfe2.shard-0-of-4.lock for a shard."""
+    stem = stem_of(path)
+    return stem.parent / f".{stem.name}.lock"
+
+
 def with_ext(stem: Path, ext: str) -> Path:
     """`stem` + `ext` (not Path.with_suffix, which would eat a dotted stem such as nfe2.shard-0-of-4)."""
     return Path(f"{stem}{ext}")
@@ -282,7 +291,7 @@ def merge_shards(path: str | Path, num_shards: int, fmt: str = "npz", grid: int 
             indices.append(data["indices"])
             metas.append(json.loads(str(data["meta"])))
     keys = ("nfe", "solver", "update", "schedule", "t_start", "seed", "total_samples", "checkpoint_sha256",
-            "class_labels")
+            "class_labels", "fingerprint")
     for m in metas[1:]:
         diff = [k for k in keys if m.get(k) != metas[0].get(k)]
         if diff:
@@ -302,8 +311,11 @@ def merge_shards(path: str | Path, num_shards: int, fmt: str = "npz", grid: int 
 
 def sample_meta(spec: SamplingSpec, info: dict[str, Any], checkpoint: str | Path, straightness: float | None,
                 shard: int, num_shards: int, device: torch.device) -> dict[str, Any]:
-    """The protocol of a sample set, stored with it."""
+    """The protocol of a sample set, stored with it; `fingerprint` (rfpp.provenance) is what made it: the
+    SamplingSpec used and the student's verified tensors_sha256 (`checkpoint_tensors_sha256`)."""
+    made_by = fingerprint("sample", FINGERPRINT_FORMAT, asdict(spec), {"student": info.get("tensors_sha256")})
     return {"checkpoint": str(checkpoint), "checkpoint_sha256": info.get("sha256"),
+            "checkpoint_tensors_sha256": info.get("tensors_sha256"), "fingerprint": made_by,
             "checkpoint_step": info.get("step"), "ema": info.get("ema"), "ema_decay": info.get("ema_decay"),
             "arch": info.get("arch"),
             "nfe": spec.nfe, "solver": spec.solver, "update": spec.update, "schedule": spec.schedule,

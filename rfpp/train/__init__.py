@@ -1,7 +1,7 @@
 """One round of Reflow (2-rectified flow++): `train_arm(config, arm)` on one CPU or many GPUs under torchrun.
 
 Modules: `loop` (the training loop and one optimisation step), `data` (the deterministic endless pair order),
-`setup` (student, loss, perceptual network, Adam, LR schedule, EMA), `checkpoint` (exact-resume checkpoints),
+`setup` (student, loss, perceptual network, Adam, LR schedule, EMA), `checkpoint` (sealed exact-resume checkpoints),
 `dist` (processes, devices, counter-based seeds), `monitor` (straightness, sample grids, timestep histogram).
 """
 

@@ -1,6 +1,6 @@
 """One round of Reflow for one arm: the training loop.
 
-Conventions (DESIGN.md): a pair is (z, x) = (noise, the teacher's image); t ~ the arm's distribution;
+Conventions (docs/conventions.md): a pair is (z, x) = (noise, the teacher's image); t ~ the arm's distribution;
 x_t = (1 − t)·x + t·z; the target velocity is v = z − x; the student predicts v̂ = student(x_t, t, labels);
 the arm's ReflowLoss compares them (the perceptual term on x̂ = x_t − t·v̂). One step = one Adam update on the
 global batch `train.batch`, split over W processes and, within a process, into micro-batches of
@@ -9,13 +9,22 @@ global batch `train.batch`, split over W processes and, within a process, into m
 Outputs under results/<profile>/train/<arm>/: config.yaml (the resolved config), checkpoints/step-*.pt
 (rfpp.train.checkpoint), samples/ (grids, timestep histogram) and, at the end, final.pt: the EMA weights as an
 rfpp model file (rfpp.checkpoints.save_model). Rank 0 alone writes and logs.
+
+Provenance (rfpp.provenance): the run's *inputs* are {"pairs": the pair manifest's fingerprint id (its file's
+sha256 when it has none), "teacher": the teacher file's verified tensors_sha256, and, when the arm's loss uses
+train.perceptual=digits-classifier, "perceptual": the classifier file's sha256}. Every checkpoint stores them and
+a resume from one made from other inputs is refused (ResumeError naming the input); final.pt's meta holds
+`fingerprint("train", "rfpp.model/1", stage_settings(config, "train", arm), inputs)`.
+Rank 0 holds train/<arm>/.lock (output_lock) for the whole run: a second run of the arm fails at once naming
+the holder's pid. Before anything is moved or deleted the run checks its config and inputs (the teacher exists
+and verifies, the pairs verify, the perceptual network builds); --restart then moves the old checkpoints to
+checkpoints.previous/, deleted once the new run has written its first checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import math
 import shutil
 import sys
@@ -30,16 +39,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from rfpp.checkpoints import CheckpointError, save_model
+from rfpp import checkpoints as model_files
+from rfpp.atomic import write_text
+from rfpp.checkpoints import CheckpointError, file_sha256, model_digest, save_model
 from rfpp.config import Config, ConfigError
-from rfpp.losses import ReflowLoss
+from rfpp.losses import PERCEPTUAL_KINDS, ReflowLoss
 from rfpp.pairs import PairDataset
 from rfpp.pairs.manifest import versions
 from rfpp.paths import ProfilePaths
+from rfpp.provenance import difference, fingerprint, output_lock, stage_settings
 from rfpp.timesteps import sample_timesteps
 from rfpp.tracking import NullRun, start_run
 from rfpp.train import dist as rdist
-from rfpp.train.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+from rfpp.train.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint, state_checksum
 from rfpp.train.data import make_loader
 from rfpp.train.monitor import HIST_BINS, eval_batch, evaluate, timestep_histogram_png
 from rfpp.train.setup import EMA, build_loss, build_optimizer, build_student, lr_at, student_spec
@@ -48,6 +60,8 @@ from rfpp.train.setup import EMA, build_loss, build_optimizer, build_student, lr
 RESUME_MAY_CHANGE = ("train.steps", "train.ckpt_every", "train.keep_last", "train.keep_every", "train.log_every",
                      "train.eval_every", "train.eval_batch", "train.straightness_nfe", "train.num_workers",
                      "train.compile", "train.arms.")
+STUDENT_FORMAT = f"{model_files.FORMAT}/{model_files.VERSION}"  # the `format` of final.pt's fingerprint
+PREVIOUS = "checkpoints.previous"  # where --restart moves the old checkpoints until the new run's first one
 
 
 class NonFiniteLossError(RuntimeError):
@@ -194,13 +208,30 @@ def check_resume_config(saved: dict[str, Any], config: Config, arm: str) -> None
                               f"resume with the checkpoint's setting (or start over with --restart)")
 
 
+def check_resume_inputs(ckpt: dict[str, Any], inputs: dict[str, str]) -> None:
+    """Refuse a checkpoint made from other inputs (the pairs remade, another teacher or perceptual network)."""
+    why = difference(fingerprint("train", "inputs", {}, ckpt.get("inputs") or {}),
+                     fingerprint("train", "inputs", {}, inputs))
+    if why is not None:
+        raise ResumeError(f"the checkpoint {ckpt['path']} was made from other inputs: {why}; restore them, or start "
+                          "over with --restart")
+
+
 def weights_checksum(module: nn.Module) -> str:
     """sha256 of every parameter and buffer (CPU bytes, state-dict order): equal on ranks that are in sync."""
-    digest = hashlib.sha256()
-    for value in module.state_dict().values():
-        value = value.detach().cpu()
-        digest.update((value.float() if value.dtype == torch.bfloat16 else value).numpy().tobytes())
-    return digest.hexdigest()
+    return state_checksum(module.state_dict())
+
+
+def run_inputs(config: Config, arm: str, paths: ProfilePaths, dataset: PairDataset) -> dict[str, str]:
+    """The inputs of a run (see the module docstring), each verified: CheckpointError when the teacher is missing
+    or corrupted. `dataset` is the run's (verified) pair set."""
+    if not paths.teacher.exists():
+        raise CheckpointError(f"the teacher {paths.teacher} does not exist; run `rfpp teacher` first")
+    pairs = (dataset.manifest.get("fingerprint") or {}).get("id") or file_sha256(paths.pairs_manifest)
+    inputs = {"pairs": str(pairs), "teacher": model_digest(paths.teacher)}
+    if config.train.arms[arm].loss in PERCEPTUAL_KINDS and config.train.perceptual == "digits-classifier":
+        inputs["perceptual"] = file_sha256(paths.features)
+    return inputs
 
 
 def freeze_unused(student: nn.Module, shape: tuple[int, ...], label_dim: int, device: torch.device) -> list[str]:
@@ -223,15 +254,31 @@ def train_arm(config: Config, arm: str, paths: ProfilePaths | None = None, resum
               env: rdist.DistEnv | None = None) -> TrainResult:
     """Train one arm of `config` (see the module docstring); returns what was done.
 
-    resume: continue from the newest checkpoint of the arm (a run with none starts from the arm's init);
-    without it, existing checkpoints make this raise ResumeError. restart: delete the arm's checkpoints
-    first. until: stop after that step (writing a checkpoint, no final model), e.g. for time-limited jobs.
-    Under torchrun call `rfpp.train.dist.setup()` first (or pass `env`).
+    resume: continue from the newest checkpoint of the arm that verifies (a run with none starts from the arm's
+    init); without it, existing checkpoints make this raise ResumeError. restart: start over, the old checkpoints
+    moved aside once the config and the inputs are checked (deleted at the new run's first checkpoint).
+    until: stop after that step (writing a checkpoint, no final model), e.g. for time-limited jobs.
+    Under torchrun call `rfpp.train.dist.setup()` first (or pass `env`). LockedError at once when another
+    process is training this arm.
     """
     if arm not in config.train.arms:
         raise ConfigError(f"unknown arm {arm!r}; this profile's arms: {', '.join(config.train.arms)}")
+    if resume and restart:
+        raise ConfigError("--resume and --restart exclude each other")
+    if until is not None and until < 1:
+        raise ConfigError(f"--until {until} is not a step (give 1 or more)")
     paths = paths or ProfilePaths.of(config.profile)
     env = env or rdist.setup(config.device)
+    out_dir = paths.train_dir(arm)
+    lock = (output_lock(out_dir / ".lock", f"the training of arm {arm!r} ({out_dir})") if env.is_main
+            else contextlib.nullcontext())
+    with lock:
+        return _train_arm(config, arm, paths, env, resume, restart, until, progress)
+
+
+def _train_arm(config: Config, arm: str, paths: ProfilePaths, env: rdist.DistEnv, resume: bool, restart: bool,
+               until: int | None, progress: bool) -> TrainResult:
+    """train_arm's work, under the arm's lock."""
     arm_cfg = config.train.arms[arm]
     train = dataclasses.replace(config.train, batch=arm_cfg.batch or config.train.batch)
     out_dir = paths.train_dir(arm)
@@ -248,31 +295,41 @@ def train_arm(config: Config, arm: str, paths: ProfilePaths | None = None, resum
                           f"(train.batch={train.batch} over {env.world} processes)")
     accum = per_rank // micro
 
+    # ---- check the inputs before anything is moved or deleted --------------------------------------------
+    dataset = PairDataset(paths.pairs_manifest, verify=env.local_rank == 0)
+    loss_fn: nn.Module = build_loss(arm_cfg, config, paths)
+    inputs = run_inputs(config, arm, paths, dataset)
+    provenance = fingerprint("train", STUDENT_FORMAT, stage_settings(config, "train", arm), inputs)
+
     # ---- resume or start ------------------------------------------------------------------------------
-    if restart and env.is_main and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
+    previous = out_dir / PREVIOUS
+    if restart and env.is_main and list_checkpoints(ckpt_dir):
+        shutil.rmtree(previous, ignore_errors=True)
+        ckpt_dir.rename(previous)
+        say(f"--restart: moved the old checkpoints to {previous} (deleted once this run writes its first one)")
     rdist.barrier(env)
     ckpt = None
     if list_checkpoints(ckpt_dir):
         if not resume:
             last = list_checkpoints(ckpt_dir)[-1][0]
             raise ResumeError(f"{ckpt_dir} holds checkpoints up to step {last}: pass --resume to continue from it, "
-                              "or --restart to delete them and start over")
-        ckpt = latest_checkpoint(ckpt_dir)
+                              "or --restart to start over")
+        ckpt = latest_checkpoint(ckpt_dir, say)
     if ckpt is not None:
-        # A resumed run takes the network and its weights from the checkpoint alone; the teacher is not read.
+        # A resumed run takes the network and its weights from the checkpoint alone; the teacher's are not loaded.
         check_resume_config(ckpt["config"], config, arm)
         if ckpt["arm"] != arm:
             raise ResumeError(f"{ckpt['path']} belongs to arm {ckpt['arm']!r}, not {arm!r}")
+        check_resume_inputs(ckpt, inputs)
         arch, kwargs, sigma_data = ckpt["arch"], dict(ckpt["net_kwargs"]), float(ckpt["sigma_data"])
         student = build_student(arch, kwargs, sigma_data, state=None, seed=config.seed)
         student.load_state_dict(ckpt["model"], strict=True)
         start = int(ckpt["step"])
         say(f"resuming from {ckpt['path']} (step {start}); the teacher's weights are not used")
     else:
-        if not paths.teacher.exists():
-            raise CheckpointError(f"the teacher {paths.teacher} does not exist; run `rfpp teacher` first")
         arch, kwargs, teacher_state, teacher_info = student_spec(paths.teacher, train.dropout)
+        if teacher_info["tensors_sha256"] != inputs["teacher"]:
+            raise CheckpointError(f"the teacher {paths.teacher} was replaced while this run started; run again")
         sigma_data = float(teacher_info.get("sigma_data", 0.5))
         init_state = teacher_state if arm_cfg.init == "teacher" else None
         student = build_student(arch, kwargs, sigma_data, state=init_state, seed=config.seed, source=str(paths.teacher))
@@ -286,7 +343,6 @@ def train_arm(config: Config, arm: str, paths: ProfilePaths | None = None, resum
     student.to(device)
     if train.channels_last:
         student.to(memory_format=torch.channels_last)
-    dataset = PairDataset(paths.pairs_manifest, verify=env.local_rank == 0)
     shape, label_dim = tuple(dataset.spec.shape), student.label_dim
     if tuple(shape) != (student.img_channels, student.img_resolution, student.img_resolution):
         raise ConfigError(f"the pairs are {shape} images, the student makes "
@@ -295,7 +351,7 @@ def train_arm(config: Config, arm: str, paths: ProfilePaths | None = None, resum
     ema = EMA(student, train.ema, train.ema_start)
     optimizer = build_optimizer([p for p in student.parameters() if p.requires_grad], train, device)
     scaler = torch.amp.GradScaler(device.type, enabled=train.precision == "fp16")
-    loss_fn: nn.Module = build_loss(arm_cfg, config, paths).to(device)
+    loss_fn = loss_fn.to(device)
     hist = torch.zeros(HIST_BINS, dtype=torch.float64, device=device)
     skipped = 0
     if ckpt is not None:
@@ -333,7 +389,7 @@ def train_arm(config: Config, arm: str, paths: ProfilePaths | None = None, resum
 
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(config.to_yaml())
+        write_text(out_dir / "config.yaml", config.to_yaml())
     result = TrainResult(arm=arm, step=start, finished=False, resumed_from=ckpt["step"] if ckpt else None)
     last_ckpt: Path | None = Path(ckpt["path"]) if ckpt else None
     tracker = start_run(config, stage="train", arm=arm) if env.is_main else contextlib.nullcontext(NullRun())
@@ -352,9 +408,13 @@ def train_arm(config: Config, arm: str, paths: ProfilePaths | None = None, resum
                    "data": {"position": step * train.batch, "batch": train.batch, "seed": config.seed,
                             "world": env.world, "micro_batch": micro},
                    "skipped": runner.skipped, "t_hist": runner.hist.cpu(), "rank_checksums": sums,
-                   "frozen": frozen, "config": config.to_dict(), "metrics": dict(metrics),
+                   "frozen": frozen, "config": config.to_dict(), "inputs": inputs, "metrics": dict(metrics),
                    "versions": {k: str(v) for k, v in versions().items()}}
-        return save_checkpoint(ckpt_dir, payload, train.keep_last, train.keep_every)
+        path = save_checkpoint(ckpt_dir, payload, train.keep_last, train.keep_every)
+        if previous.exists():
+            shutil.rmtree(previous)
+            say(f"deleted the checkpoints of the previous run ({previous})")
+        return path
 
     def show(run: Any, step: int) -> None:
         metrics, pngs = evaluate(ema.module, vis_noise, vis_labels, sample_dir, step, config.sample.solver,
@@ -414,7 +474,7 @@ def train_arm(config: Config, arm: str, paths: ProfilePaths | None = None, resum
                 meta = {"stage": "train", "arm": arm, "steps": step, "weights": "ema", "ema": train.ema,
                         "loss": arm_cfg.loss, "timesteps": arm_cfg.timesteps, "a": arm_cfg.a, "init": arm_cfg.init,
                         "perceptual": _describe(loss_fn), "checkpoint": str(last_ckpt),
-                        "skipped_steps": runner.skipped, "config": config.to_dict()}
+                        "skipped_steps": runner.skipped, "config": config.to_dict(), "fingerprint": provenance}
                 result.student = save_model(paths.student(arm), ema.module.net, sigma_data, meta)
                 run.log_artifact(out_dir / "config.yaml")
                 run.set_tags({"rfpp.final_model": str(result.student.resolve()),
