@@ -210,6 +210,10 @@ def test_restart_checks_the_config_and_the_inputs_before_it_moves_anything(world
     assert res.exit_code == 0, res.output
     assert "moved the old checkpoints" in res.output and not previous.exists()
     assert [s for s, _ in list_checkpoints(ckpts)] == [6, 9] and (root / ARM / "final.pt").exists()
+    # A restart that stops early (--until) leaves no student of the old run behind, passing for this one's.
+    res = rfpp_train(root, "--arm", "baseline", "--restart", "--until", "3", *over)
+    assert res.exit_code == 0, res.output
+    assert not (root / ARM / "final.pt").exists() and not previous.exists()
 
 
 @pytest.mark.slow

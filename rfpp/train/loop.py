@@ -303,10 +303,16 @@ def _train_arm(config: Config, arm: str, paths: ProfilePaths, env: rdist.DistEnv
 
     # ---- resume or start ------------------------------------------------------------------------------
     previous = out_dir / PREVIOUS
-    if restart and env.is_main and list_checkpoints(ckpt_dir):
+    student_file = paths.student(arm)
+    if restart and env.is_main and (list_checkpoints(ckpt_dir) or student_file.exists()):
         shutil.rmtree(previous, ignore_errors=True)
-        ckpt_dir.rename(previous)
-        say(f"--restart: moved the old checkpoints to {previous} (deleted once this run writes its first one)")
+        if ckpt_dir.exists():
+            ckpt_dir.rename(previous)
+        previous.mkdir(parents=True, exist_ok=True)
+        if student_file.exists():  # the old run's student must not pass for this run's (say after --until)
+            student_file.rename(previous / student_file.name)
+        say(f"--restart: moved the old checkpoints and student to {previous} (deleted once this run writes its "
+            "first checkpoint)")
     rdist.barrier(env)
     ckpt = None
     if list_checkpoints(ckpt_dir):
