@@ -11,18 +11,21 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def pairs(profile: str = ProfileOpt, overrides: list[str] = OverridesArg, dry_run: bool = DryRunOpt,
               shard: int = typer.Option(None, help="Make only this shard (0-based); one job per GPU or node."),
-              num_shards: int = typer.Option(None, help="Number of shards (default: pairs.num_shards)."),
+              num_shards: int = typer.Option(None, min=1, help="Number of shards (default: pairs.num_shards)."),
               finalize: bool = typer.Option(False, "--finalize", help="Only verify the shards and write the manifest."),
               progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
         """Generate pairs.count (noise, image) pairs with the teacher into results/<profile>/pairs/.
 
         Without --shard every shard is made, then the manifest. Interrupted runs resume: finished shards
-        and finished chunks are kept. The noise is not stored; it is regenerated from (pairs.seed, index).
+        and finished chunks made with the same settings and teacher are kept; those made otherwise are made
+        again (a line says which setting differs). A second process on the same shard fails at once.
+        The noise is not stored; it is regenerated from (pairs.seed, index).
         """
         config = resolve(profile, overrides, dry_run)
         from rfpp.checkpoints import CheckpointError
         from rfpp.pairs import PairSetError
         from rfpp.pairs.stage import run_finalize, run_shard
+        from rfpp.provenance import LockedError
 
         n = num_shards or config.pairs.num_shards
         if shard is not None and not 0 <= shard < n:
@@ -37,5 +40,5 @@ def register(app: typer.Typer) -> None:
             if shard is None:
                 manifest = run_finalize(config, n)
                 typer.echo(f"manifest: {manifest['spec']['count']} pairs in {n} shards")
-        except (CheckpointError, PairSetError, ValueError) as err:
+        except (CheckpointError, PairSetError, ValueError, LockedError) as err:
             fail(str(err))

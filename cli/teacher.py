@@ -17,15 +17,18 @@ def register(app: typer.Typer) -> None:
         profile's teacher) and saves a sample grid beside it; an EDM snapshot name (e.g. cifar10-uncond-ve),
         URL or .pkl path is downloaded (resumable, sha256 recorded and checked) and loaded without executing
         anything from the file; a .pt/.pth state dict uses teacher.net as its configuration.
+        An existing teacher.pt is kept only when it was made with the same settings (and source file);
+        otherwise it is made again, and a line names the setting that differs.
         """
         config = resolve(profile, overrides, dry_run)
         from rfpp.checkpoints import CheckpointError
+        from rfpp.provenance import LockedError
         from rfpp.teachers import ChecksumError, DownloadError, TeacherLoadError, UnsafePickleError
         from rfpp.teachers.stage import run_teacher_stage
 
         try:
             path = run_teacher_stage(config, progress=progress)
         except (CheckpointError, ChecksumError, DownloadError, TeacherLoadError, UnsafePickleError,
-                FileNotFoundError, ValueError, FloatingPointError) as err:
+                FileNotFoundError, ValueError, FloatingPointError, LockedError) as err:
             fail(str(err))
         typer.echo(f"teacher: {path}")

@@ -3,6 +3,7 @@ digits, an EDM snapshot served over HTTP from 127.0.0.1, sharded pairs and their
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,10 +43,18 @@ def write_profile(folder: Path, **changes) -> Path:
     return path
 
 
+def rfpp_env() -> dict[str, str]:
+    """The environment of an `rfpp` subprocess: this checkout, no tracking, one thread (steady on a busy machine;
+    every run of a comparison has the same count), the test's rfpp cache."""
+    env = {"PYTHONPATH": str(REPO), "RFPP_TRACKING": "off", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    if "RFPP_CACHE_DIR" in os.environ:
+        env["RFPP_CACHE_DIR"] = os.environ["RFPP_CACHE_DIR"]
+    return env
+
+
 def rfpp(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {"PYTHONPATH": str(REPO), "RFPP_TRACKING": "off", "PATH": "/usr/bin:/bin"}
     return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env=env)
+                          timeout=600, env=rfpp_env())
 
 
 def test_trained_teacher_then_sharded_pairs_via_cli(tmp_path):
@@ -55,6 +64,7 @@ def test_trained_teacher_then_sharded_pairs_via_cli(tmp_path):
     paths = ProfilePaths.of("tiny", tmp_path / "results")
     velocity, info = load_model(paths.teacher)
     assert info["meta"]["source"] == "train" and info["arch"] == "SongUNet"
+    assert info["meta"]["fingerprint"]["stage"] == "teacher" and info["meta"]["fingerprint"]["inputs"] == {}
     assert (paths.teacher_dir / "samples.png").stat().st_size > 0
     assert yaml.safe_load((paths.teacher_dir / "config.yaml").read_text())["teacher"]["steps"] == 30
 
@@ -68,6 +78,9 @@ def test_trained_teacher_then_sharded_pairs_via_cli(tmp_path):
     assert len(data) == 40
     assert data.manifest["sampler"] == {"name": "rf_heun", "steps": 3, "nfe": 3, "dtype": "float32"}
     assert data.manifest["teacher"]["source"] == "train"
+    assert data.manifest["version"] == 2 and data.manifest["fingerprint"]["format"] == "rfpp.pairs/2"
+    assert data.manifest["fingerprint"]["inputs"] == {"teacher": info["tensors_sha256"]}
+    assert data.manifest["fingerprint"]["settings"]["pairs"]["seed"] == 5
 
     result = rfpp(tmp_path, "pairs", "--profile", str(profile), "--shard", "2", "--num-shards", "2")
     assert result.returncode == 2 and "out of range" in result.stderr

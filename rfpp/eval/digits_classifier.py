@@ -1,6 +1,6 @@
 """The digits profile's feature network: a small CNN classifier trained on the digits in seconds.
 
-It serves two roles (DESIGN.md, "Profiles"):
+It serves two roles (docs/conventions.md, "Profiles"):
 - the perceptual network of the LPIPS-style loss term: ``forward(x)`` maps images in [−1, 1], shape
   (N, C, H, W), to a list of three feature maps (N, C_l, H_l, W_l) (use it with
   ``rfpp.losses.FeatureLPIPS(net, name="digits-classifier")``);
@@ -14,7 +14,9 @@ works; it is trained at the profile's resolution.
 File format (``ProfilePaths.features``; ``torch.save`` of plain types, loadable with ``weights_only=True``):
     {"format": "rfpp.features", "version": 1, "arch": "DigitsClassifier", "kwargs": constructor kwargs,
      "state_dict": weights, "weights_sha256": sha256 of the weights, "accuracy": held-out accuracy,
-     "train": {"seed", "steps", "batch", "lr", "num_train", "num_heldout", "resolution", "seconds", …}}
+     "train": {"seed", "steps", "batch", "lr", "num_train", "num_heldout", "resolution", "seconds", …},
+     "fingerprint": the features stage's fingerprint (rfpp.provenance; absent in files saved without one)}
+Every load re-hashes the weights and refuses a file whose hash differs from `weights_sha256` (flipped bytes).
 """
 
 from __future__ import annotations
@@ -195,12 +197,16 @@ def _train(images: torch.Tensor, labels: torch.Tensor, seed: int, steps: int, ba
     return net, record
 
 
-def save_feature_net(path: str | Path, net: DigitsClassifier, record: dict[str, Any]) -> Path:
-    """Write the feature-network file atomically (see the module docstring for the format)."""
+def save_feature_net(path: str | Path, net: DigitsClassifier, record: dict[str, Any],
+                     fingerprint: dict[str, Any] | None = None) -> Path:
+    """Write the feature-network file atomically (see the module docstring for the format); `fingerprint`: the
+    stage's provenance record, stored as is."""
     state = {k: v.detach().cpu().float() for k, v in net.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "arch": "DigitsClassifier", "name": NAME,
                "kwargs": dict(net.kwargs), "state_dict": state, "weights_sha256": weights_sha256(state),
                "accuracy": float(record["accuracy"]), "train": {k: v for k, v in record.items() if k != "accuracy"}}
+    if fingerprint is not None:
+        payload["fingerprint"] = fingerprint
     return atomic_torch_save(payload, path)
 
 
@@ -213,9 +219,14 @@ def read_feature_net_file(path: str | Path) -> dict[str, Any]:
     if payload.get("version") != VERSION or payload.get("arch") != "DigitsClassifier":
         raise CheckpointError(f"{path}: unsupported feature network {payload.get('arch')!r} "
                               f"version {payload.get('version')!r}")
-    if weights_sha256(payload["state_dict"]) != payload.get("weights_sha256"):
-        raise CheckpointError(f"{path}: the weights do not match their recorded sha256 (corrupted file); "
-                              "re-create it with `rfpp features`")
+    state, recorded = payload.get("state_dict"), payload.get("weights_sha256")
+    if not isinstance(state, dict) or not isinstance(recorded, str):
+        raise CheckpointError(f"feature network file {path} has no weights or no weights_sha256, so its weights "
+                              "cannot be verified; re-create it with `rfpp features`")
+    got = weights_sha256(state)
+    if got != recorded:
+        raise CheckpointError(f"feature network file {path} is corrupted: its weights hash to {got[:12]}…, not the "
+                              f"recorded sha256 {recorded[:12]}…; delete it and re-create it with `rfpp features`")
     return payload
 
 
@@ -234,8 +245,9 @@ def load_feature_net(path: str | Path, device: str | torch.device = "cpu") -> Di
 
 
 def build_feature_net(dataset: str, resolution: int, out: str | Path, seed: int = 0, steps: int = 600,
-                      progress: bool = False) -> dict[str, Any]:
-    """The `features` stage: train on a labelled dataset at `resolution`, save to `out`, return the record."""
+                      progress: bool = False, fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The `features` stage: train on a labelled dataset at `resolution`, save to `out` (with the stage's
+    `fingerprint`), return the record."""
     from rfpp.data import open_dataset
 
     ds = open_dataset(dataset, resolution=resolution)
@@ -244,5 +256,5 @@ def build_feature_net(dataset: str, resolution: int, out: str | Path, seed: int 
     images = ds.images if isinstance(getattr(ds, "images", None), torch.Tensor) else torch.stack(
         [ds[i][0] for i in range(len(ds))])
     net, record = train_classifier(images, torch.as_tensor(ds.labels), seed=seed, steps=steps, progress=progress)
-    path = save_feature_net(out, net, record)
+    path = save_feature_net(out, net, record, fingerprint=fingerprint)
     return dict(record, path=str(path), dataset=dataset)

@@ -1,9 +1,13 @@
 """The manifest of a pair set, and the verified reader that training uses.
 
-`finalize(out_dir, spec, info)` checks every shard against its record and writes manifest.json:
-    {"format": "rfpp.pairs", "version": 1, "spec": PairSpec fields, "teacher": {...}, "sampler": {...},
+`finalize(out_dir, spec, info, fingerprint)` checks every shard against its record and writes manifest.json:
+    {"format": "rfpp.pairs", "version": 2, "spec": PairSpec fields, "teacher": {...}, "sampler": {...},
+     "fingerprint": the set's fingerprint (rfpp.provenance; what training records as its input),
      "shards": [{"shard", "start", "stop", "images", "labels", "sha256": {...}}], "noise": {"recipe",
      "check_count", "check_sha256"}, "versions": {...}}
+It refuses a shard whose record carries another fingerprint (naming the setting that differs and the command
+that remakes the shard), so the manifest never describes data made otherwise; it holds the lock of the
+manifest and of every shard while it reads them. Version 1 manifests (no fingerprints) are not read.
 `PairDataset(manifest)` re-verifies the files (sha256), regenerates the first noises and compares them
 with the recorded hash, and then yields (noise, image, label): noise float32 (C, H, W) regenerated
 from (seed, index), image float32 in [−1, 1], label int64 (−1 unconditional).
@@ -11,6 +15,7 @@ from (seed, index), image float32 in [−1, 1], label int64 (−1 unconditional)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 from pathlib import Path
@@ -24,10 +29,21 @@ from rfpp.atomic import write_json
 from rfpp.checkpoints import file_sha256
 from rfpp.images import from_uint8
 from rfpp.pairs.noise import NOISE_RECIPE, make_noise, noise_fingerprint
-from rfpp.pairs.shards import PairSetError, PairSpec, shard_files, shard_is_finished
+from rfpp.pairs.shards import (
+    FORMAT,
+    MANIFEST_NAME,
+    VERSION,
+    PairSetError,
+    PairSpec,
+    read_record,
+    record_difference,
+    shard_files,
+    shard_is_finished,
+    shard_lock,
+    spec_fingerprint,
+)
+from rfpp.provenance import output_lock
 
-FORMAT = "rfpp.pairs"
-VERSION = 1
 NOISE_CHECK_COUNT = 4
 
 
@@ -36,29 +52,45 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def finalize(out_dir: str | Path, spec: PairSpec, info: dict[str, Any] | None = None) -> dict:
-    """Verify every shard of the set and write manifest.json atomically; returns the manifest."""
+def finalize(out_dir: str | Path, spec: PairSpec, info: dict[str, Any] | None = None,
+             fingerprint: dict[str, Any] | None = None) -> dict:
+    """Verify every shard of the set (all made with `fingerprint`, default `spec_fingerprint(spec)`) and write
+    manifest.json atomically; returns the manifest. LockedError at once while a shard or the manifest is
+    being written by another process."""
     out_dir = Path(out_dir)
+    fp = fingerprint or spec_fingerprint(spec)
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(output_lock(out_dir / f".{MANIFEST_NAME}.lock", f"the pair manifest in {out_dir}"))
+        for k in range(spec.num_shards):
+            locks.enter_context(shard_lock(out_dir, k))
+        return _finalize(out_dir, spec, info or {}, fp)
+
+
+def _finalize(out_dir: Path, spec: PairSpec, info: dict[str, Any], fp: dict[str, Any]) -> dict:
+    remake = f"`rfpp pairs --shard K --num-shards {spec.num_shards}`"
     missing = [k for k in range(spec.num_shards) if not shard_is_finished(out_dir, k)]
     if missing:
         raise PairSetError(f"pair set {out_dir} is incomplete: shard(s) {missing} are not finished; run "
-                           f"`rfpp pairs --shard K --num-shards {spec.num_shards}` for each of them")
+                           f"{remake} for each of them")
     shards = []
     for k in range(spec.num_shards):
         files = shard_files(out_dir, k)
-        record = json.loads(files["record"].read_text())
-        if record.get("spec") != _spec_dict(spec):
-            raise PairSetError(f"shard {k} in {out_dir} was made with other settings ({record.get('spec')}); "
-                               f"delete {files['record'].name} and its arrays and make it again")
+        record = read_record(files["record"])
+        why = record_difference(record, spec, fp)
+        if record is None or why is not None:
+            raise PairSetError(f"shard {k} in {out_dir} was not made with these settings ({why}); remake it with "
+                               f"{remake.replace('K', str(k))} and the same settings, then finalize again")
         _check_shard_files(files, record["sha256"], k)
         shards.append({"shard": k, "start": record["start"], "stop": record["stop"],
                        "images": files["images"].name, "labels": files["labels"].name, "sha256": record["sha256"],
                        "seconds": record.get("seconds", {})})
-    manifest = {"format": FORMAT, "version": VERSION, "spec": _spec_dict(spec), **(info or {}),
+    manifest = {"format": FORMAT, "version": VERSION, "spec": _spec_dict(spec), **info, "fingerprint": fp,
                 "shards": shards, "versions": versions(),
                 "noise": {"recipe": NOISE_RECIPE, "check_count": NOISE_CHECK_COUNT,
                           "check_sha256": noise_fingerprint(spec.seed, spec.shape, NOISE_CHECK_COUNT)}}
-    write_json(out_dir / "manifest.json", manifest)
+    path = out_dir / MANIFEST_NAME
+    if read_record(path) != json.loads(json.dumps(manifest, default=str)):  # an unchanged set: left as it is
+        write_json(path, manifest)
     return manifest
 
 
@@ -81,7 +113,7 @@ def _check_shard_files(files: dict[str, Path], sha: dict[str, str], shard: int) 
 def read_manifest(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
-        path = path / "manifest.json"
+        path = path / MANIFEST_NAME
     if not path.exists():
         raise PairSetError(f"no pair manifest at {path}; run `rfpp pairs` (all shards, then --finalize) first")
     try:
@@ -89,8 +121,11 @@ def read_manifest(path: str | Path) -> dict:
     except json.JSONDecodeError as err:
         raise PairSetError(f"pair manifest {path} is not valid JSON ({err}); "
                            "run `rfpp pairs --finalize` again") from err
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise PairSetError(f"{path} is not an rfpp pair manifest of version {VERSION}")
+    if manifest.get("format") != FORMAT:
+        raise PairSetError(f"{path} is not an rfpp pair manifest (no 'format: {FORMAT}')")
+    if manifest.get("version") != VERSION:
+        raise PairSetError(f"{path} is an rfpp pair manifest of version {manifest.get('version')}, without the "
+                           f"provenance records of version {VERSION}; run `rfpp pairs` again (it remakes the shards)")
     return manifest
 
 

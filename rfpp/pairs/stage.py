@@ -3,6 +3,11 @@
 `rfpp pairs --shard k --num-shards n` runs `run_shard`; `rfpp pairs --finalize` runs `run_finalize`;
 plain `rfpp pairs` does every shard and then the manifest. The teacher is results/<profile>/teacher/
 teacher.pt; the sampler, its steps and the network's dtype come from the `pairs` section.
+
+Provenance: `pairs_fingerprint` (stage "pairs", format "rfpp.pairs/2", the resolved `pairs` section with the
+number of shards in use, and the teacher model file's verified tensors_sha256) goes into every chunk, shard
+record and the manifest; chunks and shards with another fingerprint are made again, and finalize refuses them
+(rfpp.pairs.shards).
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from rfpp.images import to_uint8
 from rfpp.pairs.generator import nfe_of, teacher_function
 from rfpp.pairs.manifest import finalize
 from rfpp.pairs.noise import make_labels, make_noise
-from rfpp.pairs.shards import PairSpec, generate_shard
+from rfpp.pairs.shards import FINGERPRINT_FORMAT, PairSpec, generate_shard
 from rfpp.paths import ProfilePaths
+from rfpp.provenance import fingerprint, stage_settings
 from rfpp.teachers.stage import pick_device
 from rfpp.tracking import start_run
 
@@ -31,6 +37,13 @@ def pair_spec(config: Config, velocity, num_shards: int | None = None) -> PairSp
     return PairSpec(count=config.pairs.count, num_shards=num_shards or config.pairs.num_shards,
                     chunk=config.pairs.batch, seed=config.pairs.seed, shape=(ch, res, res),
                     label_dim=velocity.label_dim)
+
+
+def pairs_fingerprint(config: Config, teacher_sha256: str, num_shards: int | None = None) -> dict:
+    """The pair set's fingerprint: the `pairs` settings (with the number of shards in use) and the teacher."""
+    settings = stage_settings(config, "pairs")
+    settings["pairs"] = {**settings["pairs"], "num_shards": num_shards or config.pairs.num_shards}
+    return fingerprint("pairs", FINGERPRINT_FORMAT, settings, {"teacher": teacher_sha256})
 
 
 def _teacher(config: Config, paths: ProfilePaths, device: torch.device, dtype: str | None = None):
@@ -45,10 +58,12 @@ def run_shard(config: Config, shard: int, num_shards: int | None = None, paths: 
     """Make one shard (resuming its finished chunks); returns the shard's record."""
     paths = paths or ProfilePaths.of(config.profile)
     device = pick_device(config.device)
-    velocity, _, fn = _teacher(config, paths, device)
+    velocity, info, fn = _teacher(config, paths, device)
     spec = pair_spec(config, velocity, num_shards)
+    fp = pairs_fingerprint(config, info["tensors_sha256"], spec.num_shards)
     with start_run(config, stage="pairs", run_name=f"pairs-shard-{shard}") as run:
-        record = generate_shard(paths.pairs_dir, spec, shard, fn, device=device, progress=progress)
+        record = generate_shard(paths.pairs_dir, spec, shard, fn, device=device, progress=progress, fingerprint=fp,
+                                teacher_file=paths.teacher)
         seconds = record.get("seconds", {})
         made = record["stop"] - record["start"]
         total = sum(seconds.values())
@@ -84,14 +99,15 @@ def run_finalize(config: Config, num_shards: int | None = None, paths: ProfilePa
     paths = paths or ProfilePaths.of(config.profile)
     velocity, info = load_model(paths.teacher)
     spec = pair_spec(config, velocity, num_shards)
+    fp = pairs_fingerprint(config, info["tensors_sha256"], spec.num_shards)
     meta = info.get("meta", {})
     extra = {"teacher": {"file": str(paths.teacher), "sha256": file_sha256(paths.teacher),
-                         "source": meta.get("source"), "source_sha256": meta.get("sha256"),
-                         "arch": info["arch"]},
+                         "tensors_sha256": info["tensors_sha256"], "source": meta.get("source"),
+                         "source_sha256": meta.get("sha256"), "arch": info["arch"]},
              "sampler": {"name": config.pairs.sampler, "steps": config.pairs.steps,
                          "nfe": nfe_of(config.pairs.sampler, config.pairs.steps), "dtype": config.pairs.dtype}}
     if config.pairs.dtype != "float32":
         extra["precision_check"] = precision_check(config, paths, pick_device(config.device))
-    manifest = finalize(paths.pairs_dir, spec, extra)
+    manifest = finalize(paths.pairs_dir, spec, extra, fingerprint=fp)
     write_text(paths.pairs_dir / "config.yaml", config.to_yaml())
     return manifest

@@ -6,25 +6,35 @@
   recorded and checked), loaded without executing anything, its `ema` network written out.
 - a .pt/.pth plain state dict of EDMPrecond's `model.…` keys with `teacher.net` as its configuration.
 The resolved configuration is saved beside the output as teacher/config.yaml; every teacher's preview grid,
-teacher/samples.png, shows `teacher.grid` samples of `teacher.grid_nfe` Heun NFE.
+teacher/samples.png, shows `teacher.grid` samples of `teacher.grid_nfe` Heun NFE. A teacher whose preview
+samples are not finite is refused before teacher.pt is written.
+
+Provenance: teacher.pt's `meta.fingerprint` is `teacher_fingerprint(config)` (stage "teacher", format
+"rfpp.teacher/1", the resolved seed/data/teacher sections, and the sha256 of a local source file). An existing
+teacher.pt is kept only when it verifies and carries the same fingerprint; otherwise it is made again, with a
+line naming the first setting that differs. The stage holds teacher/.teacher.lock while it works.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from rfpp.atomic import write_json, write_text
-from rfpp.checkpoints import file_sha256, save_model
+from rfpp.checkpoints import CheckpointError, file_sha256, load_model, save_model
 from rfpp.config import Config
 from rfpp.images import save_grid
 from rfpp.nets import EDMDenoiser, EDMVelocity
 from rfpp.paths import ProfilePaths
+from rfpp.provenance import difference, fingerprint, output_lock, stage_settings
 from rfpp.sampling import sample
 from rfpp.teachers.edm import TeacherLoadError, load_edm_snapshot, load_state_dict_teacher
 from rfpp.teachers.rectified_flow import train_rectified_flow
 from rfpp.tracking import start_run
+
+TEACHER_FORMAT = "rfpp.teacher/1"
 
 
 def pick_device(name: str) -> torch.device:
@@ -38,22 +48,52 @@ def _write_config(config: Config, folder: Path) -> None:
     write_text(folder / "config.yaml", config.to_yaml())
 
 
-def sample_grid(velocity: EDMVelocity, path: Path, count: int = 64, nfe: int = 15, seed: int = 0,
-                device: torch.device | str = "cpu") -> Path:
-    """A grid of `count` samples from a velocity model (Heun, `nfe` NFE, plain update) saved as PNG."""
+def preview_samples(velocity: EDMVelocity, count: int = 64, nfe: int = 15, seed: int = 0,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """`count` samples from a velocity model (Heun, `nfe` NFE raised to odd, plain update), on the CPU."""
     res, ch = velocity.img_resolution, velocity.img_channels
     noise = torch.randn(count, ch, res, res, generator=torch.Generator().manual_seed(seed)).to(device)
     labels = torch.arange(count, device=device) % velocity.label_dim if velocity.label_dim else None
     images = sample(velocity, noise, nfe=nfe if nfe % 2 else nfe + 1, solver="heun", update="default",
                     class_labels=labels)
-    return save_grid(images.cpu(), path, scale=max(1, 64 // res))
+    return images.cpu()
 
 
-def run_teacher_stage(config: Config, paths: ProfilePaths | None = None, progress: bool = True) -> Path:
-    """Make the profile's teacher model file; returns its path (kept as is when it already exists)."""
+def teacher_fingerprint(config: Config) -> dict:
+    """What a teacher.pt is made from: the seed/data/teacher settings and, for a local source file, its sha256
+    (a URL or registry name is in the settings, with teacher.sha256 when one is pinned)."""
+    source = config.teacher.source
+    inputs = {"source": file_sha256(source)} if source != "train" and Path(source).is_file() else {}
+    return fingerprint("teacher", TEACHER_FORMAT, stage_settings(config, "teacher"), inputs)
+
+
+def teacher_difference(path: Path, expected: dict) -> str | None:
+    """None when the model file at `path` verifies and carries fingerprint `expected`; else why it cannot stay."""
+    try:
+        _, info = load_model(path)
+    except CheckpointError as err:
+        return f"it cannot be used: {err}"
+    return difference(info.get("meta", {}).get("fingerprint"), expected)
+
+
+def run_teacher_stage(config: Config, paths: ProfilePaths | None = None, progress: bool = True,
+                      log: Callable[[str], None] = print) -> Path:
+    """Make the profile's teacher model file; returns its path. An existing one is kept only when it carries
+    this configuration's fingerprint (said through `log`), else made again (`log` names what differs)."""
     paths = paths or ProfilePaths.of(config.profile)
-    if paths.teacher.exists():
-        return paths.teacher
+    expected = teacher_fingerprint(config)
+    with output_lock(paths.teacher_dir / ".teacher.lock", f"the teacher {paths.teacher}"):
+        if paths.teacher.exists():
+            why = teacher_difference(paths.teacher, expected)
+            if why is None:
+                log(f"teacher {paths.teacher} is up to date (made with these settings); keeping it")
+                return paths.teacher
+            log(f"teacher {paths.teacher} is out of date ({why}); making it again")
+        _make_teacher(config, paths, expected, progress)
+    return paths.teacher
+
+
+def _make_teacher(config: Config, paths: ProfilePaths, expected: dict, progress: bool) -> None:
     device = pick_device(config.device)
     tc = config.teacher
     with start_run(config, stage="teacher") as run:
@@ -95,11 +135,17 @@ def run_teacher_stage(config: Config, paths: ProfilePaths | None = None, progres
             src_path = Path(getattr(denoiser, "snapshot_info", {}).get("source", source))
             meta = {"source": source, "sha256": file_sha256(src_path) if src_path.exists() else None}
             sigma_data = denoiser.sigma_data
+        velocity = EDMVelocity(EDMDenoiser(net.to(device).eval(), sigma_data=sigma_data))
+        images = preview_samples(velocity, count=tc.grid, nfe=tc.grid_nfe, device=device)
+        if not bool(torch.isfinite(images).all()):
+            fix = ("train it again with a lower teacher.lr" if tc.source == "train"
+                   else "its weights are broken: check or re-download the source")
+            raise FloatingPointError(f"the teacher from {tc.source} gives non-finite preview samples (NaN or inf), "
+                                     f"so {paths.teacher} was not written; {fix}")
+        meta["fingerprint"] = expected
         save_model(paths.teacher, net, sigma_data=sigma_data, meta=meta)
         _write_config(config, paths.teacher_dir)
         write_json(paths.teacher_dir / "teacher.json", meta)
-        velocity = EDMVelocity(EDMDenoiser(net.to(device).eval(), sigma_data=sigma_data))
-        grid = sample_grid(velocity, paths.teacher_dir / "samples.png", count=tc.grid, nfe=tc.grid_nfe, device=device)
+        grid = save_grid(images, paths.teacher_dir / "samples.png", scale=max(1, 64 // velocity.img_resolution))
         run.log_image_file(grid, artifact_path="teacher")
         run.set_tags({"rfpp.teacher.source": str(tc.source)})
-    return paths.teacher
