@@ -225,3 +225,51 @@ def test_features_file_records_its_fingerprint_and_a_flipped_byte_is_refused(tmp
     with pytest.raises(CheckpointError, match="is corrupted: its weights hash to") as err:
         load_feature_net(out)
     assert len(str(err.value).splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_snakemake_killed_mid_shard_then_rerun_incomplete_after_a_profile_edit_uses_no_old_row(tmp_path):
+    """snakemake killed (-9) while a shard is half made, the profile's pairs.seed edited, `--rerun-incomplete`: the
+    shard holds exactly what a clean run with the new seed makes (before, the old chunks in shard-0.parts/, which are
+    no declared output, were reused under the new seed's name)."""
+    import yaml
+    from test_workflow import tiny_profile
+    from workflow_helpers import SNAKEMAKE, env, make_workspace, run
+
+    profile = tiny_profile()
+    profile["pairs"].update(count=256, batch=32, num_shards=1, steps=31)
+    work = make_workspace(tmp_path, {"tiny": profile})
+    paths = ProfilePaths.of("tiny", work / "results")
+    target = "results/tiny/pairs/manifest.json"
+    run([SNAKEMAKE, "results/tiny/teacher/teacher.pt", "--cores", "1", "--config", "profile=tiny"], cwd=work)
+    smk = subprocess.Popen([SNAKEMAKE, target, "--cores", "1", "--config", "profile=tiny"], cwd=work,
+                           env=env(OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    parts = shard_files(paths.pairs_dir, 0)["parts"]
+    try:
+        deadline = time.time() + 300
+        while not list(parts.glob("chunk-*.npz")):
+            assert smk.poll() is None and time.time() < deadline, "no chunk was written"
+            time.sleep(0.01)
+    finally:
+        os.kill(smk.pid, signal.SIGKILL)  # Snakemake alone: its job dies with it (rfpp.lifeline)
+        smk.wait(timeout=60)
+    time.sleep(2)  # the orphaned `rfpp pairs` notices within half a second (rfpp.lifeline)
+    done = len(list(parts.glob("chunk-*.npz")))
+    assert 1 <= done < 8 and not shard_files(paths.pairs_dir, 0)["record"].exists()
+
+    profile["pairs"]["seed"] = 7
+    (work / "params" / "tiny.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    run([SNAKEMAKE, target, "--unlock", "--config", "profile=tiny"], cwd=work)  # Snakemake's own lock outlives -9
+    log = run([SNAKEMAKE, target, "--cores", "1", "--rerun-incomplete", "--config", "profile=tiny"], cwd=work,
+              OMP_NUM_THREADS="1")
+    assert "pairs.seed=1 (recorded) vs 7 (now)" in log
+    made = arrays(paths, 0)
+
+    clean = ProfilePaths.of("tiny", tmp_path / "clean" / "results")
+    clean.teacher_dir.mkdir(parents=True)
+    clean.teacher.write_bytes(paths.teacher.read_bytes())
+    (tmp_path / "clean" / "tiny.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    assert rfpp(tmp_path / "clean", "pairs", "--profile", "tiny.yaml", "--no-progress").returncode == 0
+    assert made == arrays(clean, 0)
+    assert json.loads(paths.pairs_manifest.read_text())["spec"]["seed"] == 7
