@@ -9,14 +9,41 @@ lives in its own module cli/<stage>.py with a `register(app)`.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
 from cli import evaluate, features, pairs, teacher, train
-from cli.common import OverridesArg, ProfileOpt, resolve
+from cli.common import EXIT_FAILURE, OverridesArg, ProfileOpt, resolve
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="rfpp: one-round Reflow (2-rectified flow++) from pretrained diffusion models.")
+
+class _App(typer.Typer):
+    """The Typer app, with the last word on errors: a failure no command turned into its own message (a file
+    system error, a corrupted or locked output, an unusable tracking store) is one line and exit 1, never a
+    traceback."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from rfpp.checkpoints import CheckpointError
+        from rfpp.provenance import LockedError, ProvenanceError
+        from rfpp.tracking import TrackingError
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except (NotADirectoryError, FileExistsError) as err:
+            typer.secho(f"error: cannot make the folder {err.filename}: a file of that name (or of one of its "
+                        "parents) is in the way; move it or choose another output", err=True, fg=typer.colors.RED)
+            sys.exit(EXIT_FAILURE)
+        except OSError as err:
+            typer.secho(f"error: cannot use {err.filename or 'a file'}: {err.strerror or err}; check its "
+                        "permissions and free space, or choose another output", err=True, fg=typer.colors.RED)
+            sys.exit(EXIT_FAILURE)
+        except (CheckpointError, LockedError, ProvenanceError, TrackingError) as err:
+            typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+            sys.exit(EXIT_FAILURE)
+
+
+app = _App(add_completion=False, no_args_is_help=True,
+           help="rfpp: one-round Reflow (2-rectified flow++) from pretrained diffusion models.")
 
 
 @app.callback()

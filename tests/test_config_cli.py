@@ -97,3 +97,17 @@ def test_outputs_are_written_with_the_umask_mode(tmp_path):
         assert write_text(tmp_path / "b.txt", "x").stat().st_mode & 0o777 == 0o664
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize(("stage", "folder"), [("train", "train"), ("teacher", "teacher")])
+def test_an_output_folder_that_cannot_be_made_is_one_line_before_any_work(tmp_path, stage, folder):
+    """results/digits/<folder> is a file: the stage stops at once (its output lock comes first) with one line."""
+    (tmp_path / "results" / "digits").mkdir(parents=True)
+    (tmp_path / "results" / "digits" / folder).write_text("not a folder")
+    result = subprocess.run([sys.executable, "-m", "cli.main", stage, "--no-progress"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
+                                                                             "RFPP_TRACKING": "off"})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot make the folder results/digits/"), result.stderr
+    assert "is in the way" in lines[0]
