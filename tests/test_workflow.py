@@ -127,6 +127,21 @@ def test_multi_gpu_training_claims_its_gpus_and_runs_torchrun(tmp_path):
     assert all(j["shell"].endswith("--resume --no-progress") for j in resumed)
 
 
+def test_a_params_path_with_a_space_is_quoted_in_every_command(tmp_path):
+    """`--config params='my profiles/x.yaml'`: each job's command passes the path as one argument."""
+    import shlex
+
+    folder = tmp_path / "my profiles"
+    folder.mkdir()
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_profile()))
+    jobs = dry_run_jobs("--config", f"params={path}")
+    assert {j["rule"] for j in jobs} >= {"teacher", "pairs_shard", "train", "sample", "fid", "report"}
+    for job in (j for j in jobs if j["shell"]):
+        words = shlex.split(job["shell"])
+        assert words[words.index("--profile") + 1] == str(path), job["shell"]
+
+
 def test_slurm_profile_dry_run_and_submit_arguments():
     """The Slurm profile dry-runs without any Slurm command present (Snakemake's dry run never starts the
     executor), and each job's resources turn into the sbatch arguments the plugin would use."""
