@@ -145,3 +145,47 @@ def test_mlflow_records_params_metrics_and_artifacts(world, tmp_path, monkeypatc
     names = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
     assert {"samples/step-00000002-nfe1.png", "samples/step-00000004-nfe2.png"} <= names
     assert [a.path for a in client.list_artifacts(run.info.run_id, "timesteps")] == ["timesteps/timesteps.png"]
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of `pid` (from /proc/<p>/task/<p>/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = [int(k) for k in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            kids = []
+        out += kids
+        todo += kids
+    return out
+
+
+def test_torchrun_killed_with_sigkill_leaves_no_worker(world, tmp_path):
+    """kill -9 of the torchrun launcher: its training workers (and their data-loader workers) stop within seconds
+    instead of training on as orphans (rfpp.lifeline: a worker watches its launcher)."""
+    from rfpp.lifeline import start_time
+
+    root = _copy(world, tmp_path / "orphans")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "cli.main", "train", "--profile", "tiny.yaml", "--arm",
+           "baseline", "--no-progress", "train.steps=100000", "train.ckpt_every=100000", "train.micro_batch=4",
+           "train.num_workers=1"]
+    launcher = subprocess.Popen(cmd, cwd=root, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len(workers) < 4:  # 2 ranks, each with a data-loader worker
+        assert launcher.poll() is None
+        time.sleep(1)
+        workers = _children(launcher.pid)
+    assert len(workers) >= 4, workers
+    time.sleep(2)
+    launcher.kill()
+    launcher.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(start_time(p) is not None for p in workers):
+        time.sleep(0.2)
+    left = [p for p in workers if start_time(p) is not None]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, "workers outlived their killed launcher"
