@@ -1,12 +1,13 @@
 # Two commands do everything on a fresh machine:
 #   make pipeline   set up .venv, then run the default (digits) pipeline with Snakemake
-#   make test       set up .venv, then run ruff and the whole test suite
+#   make test       set up .venv, then run ruff and the whole test suite (what CI runs)
+#   make test-fast  the suite without the end-to-end runs (marked slow), for the edit-test loop
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rfpp-installed
 
-.PHONY: setup test pipeline lint bench mlflow-ui
+.PHONY: setup test test-fast pipeline lint bench mlflow-ui
 
 setup: $(STAMP)
 
@@ -19,9 +20,15 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Two pytest workers (the two cores); loadgroup keeps tests that share a daemon (xdist_group) on one worker.
+PYTEST := PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
 test: $(STAMP)
 	$(BIN)/ruff check .
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+	$(PYTEST) --durations=15
+
+test-fast: $(STAMP)
+	$(PYTEST) -m "not slow"
 
 pipeline: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores all
