@@ -27,10 +27,10 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # The profile sections each stage's output depends on: a change in any of them makes the output stale.
 # Snakemake's `params:` and DVC's `params:` use the same lists (workflow/rules/common.smk).
@@ -136,6 +136,8 @@ _DIGEST_KEY = "tensors_sha256"
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
+    import torch
+
     t = t.detach().cpu().contiguous()
     if t.dtype in (torch.bfloat16, torch.float16):
         return t.view(torch.int16).numpy().tobytes()
@@ -147,6 +149,9 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
 def tensors_sha256(obj: Any) -> str:
     """sha256 over every tensor (and numpy array) nested in `obj`: its path, dtype, shape and bytes, in a fixed order
     (dict keys sorted). The key `tensors_sha256` itself is skipped, so a payload can carry its own digest."""
+    import numpy as np
+    import torch  # here, not at the top: the workflow imports this module, and a Slurm job should not pay for torch
+
     digest = hashlib.sha256()
 
     def walk(value: Any, path: str) -> None:

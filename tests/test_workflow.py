@@ -142,34 +142,34 @@ def test_a_params_path_with_a_space_is_quoted_in_every_command(tmp_path):
         assert words[words.index("--profile") + 1] == str(path), job["shell"]
 
 
+@pytest.mark.xdist_group("slurm")  # never beside tests/test_slurm.py's running cluster, whose checks it would meet
 def test_slurm_profile_dry_run_and_submit_arguments():
-    """The Slurm profile dry-runs without any Slurm command present (Snakemake's dry run never starts the
-    executor), and each job's resources turn into the sbatch arguments the plugin would use."""
+    """The Slurm profile dry-runs without any Slurm (Snakemake's dry run never starts the executor, and the site
+    checks are skipped where no Slurm configuration is found), and each job's resources, derived from
+    workflow/profiles/slurm/site.yaml, turn into the sbatch arguments the plugin would use (tests/test_slurm.py
+    checks the requests in detail)."""
     from snakemake_executor_plugin_slurm.utils import set_gres_string
 
     jobs = dry_run_jobs("--profile", "workflow/profiles/slurm", "--config", "profile=cifar10")
     profile = yaml.safe_load((ROOT / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
+    site = yaml.safe_load((ROOT / "workflow" / "profiles" / "slurm" / "site.yaml").read_text())["slurm"]
     assert profile["executor"] == "slurm"
-    # Only resource names the plugin reads (utils/submit_string/partitions) are used.
+    # Only resource names the plugin reads (utils/submit_string/partitions), and Snakemake's own.
     known = {"slurm_partition", "slurm_account", "runtime", "mem_mb", "mem_mb_per_cpu", "cpus_per_task", "gpu",
-             "gpu_model", "gres", "constraint", "qos", "nodes", "tasks", "slurm_extra"}
-    assert set(profile["default-resources"]) <= known
-    for rule, res in profile["set-resources"].items():
-        assert set(res) <= known, rule
-    rules = {j["rule"] for j in jobs}
-    assert set(profile["set-resources"]) <= rules
+             "gpu_model", "gres", "constraint", "qos", "nodes", "tasks", "slurm_extra", "tmpdir", "mem", "mem_mib"}
     for job in jobs:
         if job["rule"] == "all":
             continue
         res = job["resources"]
-        assert res["slurm_partition"] == "gpu" and int(res["runtime"]) > 0 and int(res["mem_mb"]) > 0, job
+        assert set(res) <= known, job
+        assert res["slurm_partition"] == site["partition"] and int(res["runtime"]) > 0 and int(res["mem_mb"]) > 0
         resources = SimpleNamespace(**{k: int(v) if v.isdigit() else v for k, v in res.items()})
         resources.get = lambda key, default=None, r=resources: getattr(r, key, default)
         gres = set_gres_string(SimpleNamespace(resources=resources))
         wants_gpu = job["rule"] in ("pairs_shard", "train", "sample", "fid")
         assert gres.strip() == ("--gpus=1" if wants_gpu else ""), job
     train = next(j for j in jobs if j["rule"] == "train")
-    assert train["resources"]["runtime"] == str(profile["set-resources"]["train"]["runtime"])
+    assert train["resources"]["runtime"] == str(site["runtime"]["train"])
 
 
 # ------------------------------------------------------------------------------- Snakefile == dvc.yaml

@@ -9,7 +9,7 @@ rule sample:
     params:
         sections=section("sample"),
     resources:
-        gpu=1,
+        **stage_resources("sample", gpu=1),
     shell:
         "rfpp sample {RFPP} --arm {wildcards.arm} --nfe {wildcards.nfe}"
 
@@ -24,7 +24,7 @@ rule fid:
     params:
         sections=section("fid"),
     resources:
-        gpu=1,
+        **stage_resources("fid", gpu=1),
     shell:
         "rfpp fid {RFPP} --arm {wildcards.arm} --nfe {wildcards.nfe}"
 
@@ -37,5 +37,7 @@ rule report:
     output:
         report=REPORT,
         plots=directory(f"{RESULTS}/report"),
+    resources:
+        **stage_resources("report"),
     shell:
         "rfpp report {RFPP}"

@@ -8,7 +8,7 @@ rule pairs_shard:
     params:
         sections=section("pairs"),
     resources:
-        gpu=1,
+        **stage_resources("pairs_shard", gpu=1),
     shell:
         "rfpp pairs {RFPP} --shard {wildcards.shard} --num-shards {NUM_SHARDS} --no-progress"
 
@@ -22,5 +22,7 @@ rule pairs:
         MANIFEST,
     params:
         sections=section("pairs"),
+    resources:
+        **stage_resources("pairs"),
     shell:
         "rfpp pairs {RFPP} --finalize --num-shards {NUM_SHARDS}"

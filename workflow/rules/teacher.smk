@@ -5,7 +5,7 @@ rule teacher:
     params:
         sections=section("teacher"),
     resources:
-        gpu=1 if PARAMS.get("teacher", {}).get("source", "train") == "train" else 0,
+        **stage_resources("teacher", gpu=1 if PARAMS.get("teacher", {}).get("source", "train") == "train" else 0),
     shell:
         "rfpp teacher {RFPP} --no-progress"
 
@@ -16,5 +16,7 @@ rule features:
         FEATURES,
     params:
         sections=section("features"),
+    resources:
+        **stage_resources("features"),
     shell:
         "rfpp features {RFPP}"

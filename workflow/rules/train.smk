@@ -18,6 +18,6 @@ rule train:
     params:
         sections=section("train"),
     resources:
-        gpu=TRAIN_GPUS,
+        **stage_resources("train", gpu=TRAIN_GPUS),
     shell:
         "{TRAIN_CMD} {RFPP} --arm {wildcards.arm} {TRAIN_MODE} --no-progress"
