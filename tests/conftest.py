@@ -63,6 +63,16 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """One tiny teacher and pair set (tests/train_helpers.make_world) per test module; tests copy it before writing."""
+    from train_helpers import make_world
+
+    root = tmp_path_factory.mktemp("world")
+    make_world(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def offline_torch_home(tmp_path_factory) -> Path:
     """A TORCH_HOME whose hub cache holds random-weight VGG16 (LPIPS trunk) and Inception (FID) files under the real

@@ -20,25 +20,13 @@ import yaml
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_helpers import flip_tensor_bytes, load_state, make_pairs, make_world, world_config  # noqa: E402
+from train_helpers import flip_tensor_bytes, load_state, make_pairs, world_config  # noqa: E402
 
 from rfpp.checkpoints import CheckpointError, file_sha256, load_model, model_digest  # noqa: E402
 from rfpp.provenance import LockedError, fingerprint, output_lock, seal, stage_settings  # noqa: E402
 from rfpp.train import ResumeError, list_checkpoints, read_checkpoint, train_arm  # noqa: E402
 
 ARM = "results/tiny/train/baseline"
-
-
-@pytest.fixture(autouse=True)
-def _no_tracking(monkeypatch):
-    monkeypatch.setenv("RFPP_TRACKING", "off")
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("world")
-    make_world(root)
-    return root
 
 
 def fresh(world: Path, dest: Path) -> Path:

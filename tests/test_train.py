@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_helpers import load_state, make_world, tiny_teacher, world_config  # noqa: E402
+from train_helpers import load_state, tiny_teacher, world_config  # noqa: E402
 
 from rfpp.checkpoints import file_sha256, load_model, save_model  # noqa: E402
 from rfpp.config import ConfigError, load_config  # noqa: E402
@@ -27,19 +27,6 @@ from rfpp.train import (  # noqa: E402
     train_arm,
 )
 from rfpp.train import loop as train_loop  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _no_tracking(monkeypatch):
-    monkeypatch.setenv("RFPP_TRACKING", "off")
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    """One tiny teacher + pair set; each test copies what it writes into its own results root."""
-    root = tmp_path_factory.mktemp("world")
-    make_world(root)
-    return root
 
 
 def fresh(world: Path, tmp_path: Path, train: dict | None = None) -> Path:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_helpers import load_state, make_world, world_config  # noqa: E402
+from train_helpers import load_state, world_config  # noqa: E402
 
 from rfpp.train import list_checkpoints, read_checkpoint, train_arm  # noqa: E402
 
@@ -34,13 +34,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("world")
-    make_world(root)
-    return root
 
 
 def _copy(world: Path, dest: Path) -> Path:
