@@ -73,13 +73,14 @@ def _processes_in(folder: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_killing_snakemake_with_sigkill_leaves_no_training_job(tmp_path):
-    """snakemake -> bash -> rfpp train (with DataLoader workers): after kill -9 of snakemake, nothing of the run is
+    """snakemake -> bash -> rfpp train (the baseline arm, which needs no feature network; with DataLoader workers):
+    after kill -9 of snakemake, nothing of the run is
     left after a few seconds (before rfpp.lifeline, the training ran on as an orphan and raced the re-run)."""
     profile = tiny_profile()
     profile["train"].update(steps=100000, ckpt_every=100000, num_workers=1)
     work = make_workspace(tmp_path, {"tiny": profile}).resolve()
     log = open(tmp_path / "snakemake.log", "w")
-    smk = subprocess.Popen([SNAKEMAKE, "results/tiny/train/rfpp/final.pt", "--cores", "2", "--config",
+    smk = subprocess.Popen([SNAKEMAKE, "results/tiny/train/baseline/final.pt", "--cores", "2", "--config",
                             "profile=tiny"], cwd=work, env=env(), stdout=log, stderr=subprocess.STDOUT,
                            start_new_session=True)
     deadline = time.monotonic() + 240
@@ -87,7 +88,7 @@ def test_killing_snakemake_with_sigkill_leaves_no_training_job(tmp_path):
     while time.monotonic() < deadline and smk.poll() is None:
         trainers = [p for p in _processes_in(work)
                     if b"train" in Path(f"/proc/{p}/cmdline").read_bytes() and p != smk.pid]
-        if trainers and (work / "results/tiny/train/rfpp").exists():
+        if trainers and (work / "results/tiny/train/baseline").exists():
             break
         time.sleep(0.5)
     assert smk.poll() is None and trainers, (tmp_path / "snakemake.log").read_text()[-3000:]
