@@ -74,8 +74,8 @@ def _processes_in(folder: Path) -> list[int]:
 @pytest.mark.slow
 def test_killing_snakemake_with_sigkill_leaves_no_training_job(tmp_path):
     """snakemake -> bash -> rfpp train (the baseline arm, which needs no feature network; with DataLoader workers):
-    after kill -9 of snakemake, nothing of the run is
-    left after a few seconds (before rfpp.lifeline, the training ran on as an orphan and raced the re-run)."""
+    after kill -9 of snakemake, nothing of the run is left after a few seconds (before rfpp.lifeline, the training
+    ran on as an orphan and raced the re-run)."""
     profile = tiny_profile()
     profile["train"].update(steps=100000, ckpt_every=100000, num_workers=1)
     work = make_workspace(tmp_path, {"tiny": profile}).resolve()
