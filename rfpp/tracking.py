@@ -79,12 +79,9 @@ _MAX_BUFFER = 100_000  # metrics kept while the store is unreachable
 _RETRY_PAUSE_S = 60.0
 
 
-class TrackingError(RuntimeError, ValueError):
-    """The tracking store cannot be used; the one-line message names the URI and how to fix it.
-
-    Also a ValueError (a bad MLFLOW_TRACKING_URI or store file, like a bad setting): every stage's CLI reports
-    ValueErrors as one line and exit 1, so an unusable store never ends a stage with a traceback.
-    """
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the one-line message names the URI and how to fix it (the CLI prints it
+    as one line and exits 1, cli/main.py)."""
 
 
 def tracking_enabled() -> bool:
