@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 # The profile sections each stage's output depends on: a change in any of them makes the output stale.
@@ -135,15 +136,17 @@ def _short(value: Any) -> str:
 _DIGEST_KEY = "tensors_sha256"
 
 
-def _tensor_bytes(t: torch.Tensor) -> bytes:
+def _tensor_bytes(t: torch.Tensor) -> np.ndarray:
+    """A tensor's bytes as a flat uint8 view (no copy for a contiguous CPU tensor: a checkpoint of GBs is hashed
+    without doubling its memory)."""
     import torch
 
     t = t.detach().cpu().contiguous()
     if t.dtype in (torch.bfloat16, torch.float16):
-        return t.view(torch.int16).numpy().tobytes()
-    if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        return t.view(torch.uint8).numpy().tobytes()
-    return t.numpy().tobytes()
+        t = t.view(torch.int16)
+    elif t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        t = t.view(torch.uint8)
+    return t.numpy().reshape(-1).view("uint8")
 
 
 def tensors_sha256(obj: Any) -> str:
@@ -160,7 +163,7 @@ def tensors_sha256(obj: Any) -> str:
             digest.update(_tensor_bytes(value))
         elif isinstance(value, np.ndarray):
             digest.update(f"{path}|{value.dtype}|{value.shape}|".encode())
-            digest.update(np.ascontiguousarray(value).tobytes())
+            digest.update(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
         elif isinstance(value, Mapping):
             for key in sorted(value, key=str):
                 if key != _DIGEST_KEY:
