@@ -47,7 +47,7 @@ def _log(run: Any, method: str, *args: Any, **kwargs: Any) -> None:
 
 
 def _errors() -> tuple[type[BaseException], ...]:
-    """What a command reports as one line and exit 1 (rfpp.tracking.TrackingError is a ValueError)."""
+    """What a command reports as one line and exit 1 (anything else rfpp raises: cli/main.py's handler)."""
     from rfpp.checkpoints import CheckpointError
     from rfpp.eval.generate import SamplesError
     from rfpp.provenance import LockedError, ProvenanceError

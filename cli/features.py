@@ -76,7 +76,7 @@ def kept_record(path: Path, expected: dict[str, Any]) -> dict[str, Any] | None:
     else None, saying why when a file is there."""
     from rfpp.checkpoints import CheckpointError
     from rfpp.eval.digits_classifier import read_feature_net_file
-    from rfpp.provenance import difference
+    from rfpp.provenance import difference, kept
 
     if not path.exists():
         return None
@@ -85,8 +85,6 @@ def kept_record(path: Path, expected: dict[str, Any]) -> dict[str, Any] | None:
         why = difference(payload.get("fingerprint"), expected)
     except CheckpointError as err:
         why = f"it cannot be used: {err}"
-    if why is not None:
-        typer.echo(f"feature network {path} is out of date ({why}); training it again")
+    if not kept(f"feature network {path}", why, typer.echo):
         return None
-    typer.echo(f"feature network {path} is up to date (made with these settings); keeping it")
     return {"accuracy": payload["accuracy"], **payload["train"], "path": str(path)}

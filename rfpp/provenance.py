@@ -25,7 +25,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +88,16 @@ def stage_settings(config: Any, stage: str, arm: str | None = None) -> dict[str,
     return out
 
 
+def kept(what: str, why: str | None, log: Callable[[str], None]) -> bool:
+    """Say whether an existing output stays (`why` None: its fingerprint is this run's) or is made again (`why`:
+    `difference()`'s line); True when it stays."""
+    if why is None:
+        log(f"{what} is up to date (made with these settings); keeping it")
+        return True
+    log(f"{what} is out of date ({why}); making it again")
+    return False
+
+
 def canonical(value: Any) -> str:
     return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"))
 
@@ -136,7 +146,7 @@ def _short(value: Any) -> str:
 _DIGEST_KEY = "tensors_sha256"
 
 
-def _tensor_bytes(t: torch.Tensor) -> np.ndarray:
+def tensor_bytes(t: torch.Tensor) -> np.ndarray:
     """A tensor's bytes as a flat uint8 view (no copy for a contiguous CPU tensor: a checkpoint of GBs is hashed
     without doubling its memory)."""
     import torch
@@ -160,7 +170,7 @@ def tensors_sha256(obj: Any) -> str:
     def walk(value: Any, path: str) -> None:
         if isinstance(value, torch.Tensor):
             digest.update(f"{path}|{value.dtype}|{tuple(value.shape)}|".encode())
-            digest.update(_tensor_bytes(value))
+            digest.update(tensor_bytes(value))
         elif isinstance(value, np.ndarray):
             digest.update(f"{path}|{value.dtype}|{value.shape}|".encode())
             digest.update(np.ascontiguousarray(value).reshape(-1).view(np.uint8))

@@ -28,7 +28,7 @@ from rfpp.config import Config
 from rfpp.images import save_grid
 from rfpp.nets import EDMDenoiser, EDMVelocity
 from rfpp.paths import ProfilePaths
-from rfpp.provenance import difference, fingerprint, output_lock, stage_settings
+from rfpp.provenance import difference, fingerprint, kept, output_lock, stage_settings
 from rfpp.sampling import sample
 from rfpp.teachers.edm import TeacherLoadError, load_edm_snapshot, load_state_dict_teacher
 from rfpp.teachers.rectified_flow import train_rectified_flow
@@ -83,12 +83,9 @@ def run_teacher_stage(config: Config, paths: ProfilePaths | None = None, progres
     paths = paths or ProfilePaths.of(config.profile)
     expected = teacher_fingerprint(config)
     with output_lock(paths.teacher_dir / ".teacher.lock", f"the teacher {paths.teacher}"):
-        if paths.teacher.exists():
-            why = teacher_difference(paths.teacher, expected)
-            if why is None:
-                log(f"teacher {paths.teacher} is up to date (made with these settings); keeping it")
-                return paths.teacher
-            log(f"teacher {paths.teacher} is out of date ({why}); making it again")
+        if paths.teacher.exists() and kept(f"teacher {paths.teacher}", teacher_difference(paths.teacher, expected),
+                                           log):
+            return paths.teacher
         _make_teacher(config, paths, expected, progress)
     return paths.teacher
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from rfpp.checkpoints import CheckpointError, atomic_torch_save, safe_torch_load
-from rfpp.provenance import seal, verify_sealed
+from rfpp.provenance import seal, tensor_bytes, verify_sealed
 
 FORMAT = "rfpp.train-checkpoint"
 VERSION = 1
@@ -37,12 +37,11 @@ _NAME = re.compile(r"^step-(\d{8,})\.pt$")
 
 
 def state_checksum(state: Mapping[str, torch.Tensor]) -> str:
-    """sha256 of the bytes of every tensor of a state dict, in its order (on the CPU; bfloat16 as float32): equal on
-    ranks that are in sync, and the same after a save and a load."""
+    """sha256 of the bytes of every tensor of a state dict, in its order (rfpp.provenance.tensor_bytes: views, no
+    copies): equal on ranks that are in sync, and the same after a save and a load."""
     digest = hashlib.sha256()
     for value in state.values():
-        value = value.detach().cpu()
-        digest.update((value.float() if value.dtype == torch.bfloat16 else value).numpy().tobytes())
+        digest.update(tensor_bytes(value))
     return digest.hexdigest()
 
 
