@@ -5,7 +5,8 @@
 #   snakemake --profile workflow/profiles/slurm --config profile=cifar10  # on a Slurm cluster
 #
 # Config: params/<profile>.yaml (--config profile=NAME, or --config params=path/to/profile.yaml), validated
-# by workflow/schemas/params.schema.yaml. Every rule runs one `rfpp` command; docs/workflow.md has the details.
+# by rfpp.config. The DAG is stated once, in rfpp/dag.py: each rule takes its input, output, log and command
+# from its stage there, and `rfpp dvc` writes dvc.yaml from the same list. docs/workflow.md has the details.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -20,5 +21,5 @@ include: "workflow/rules/evaluate.smk"
 
 rule all:
     input:
-        REPORT,
+        PATHS.report,
     default_target: True

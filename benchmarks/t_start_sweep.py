@@ -18,6 +18,7 @@ each t₀ (from the arm's timestep density), i.e. how often training visited the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -28,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rfpp.config import load_config  # noqa: E402
+from rfpp.devices import resolve_device  # noqa: E402
 from rfpp.eval.fid import evaluate_images, feature_net_spec  # noqa: E402
-from rfpp.eval.generate import SamplingSpec, generate, load_student, resolve_device  # noqa: E402
+from rfpp.eval.generate import SamplingSpec, generate, load_student  # noqa: E402
 from rfpp.paths import ProfilePaths  # noqa: E402
 from rfpp.timesteps import cdf  # noqa: E402
 
@@ -72,9 +74,8 @@ def main() -> None:
         for k in nfes:
             fids = []
             for t0 in t_starts:
-                spec = SamplingSpec(nfe=k, solver=config.sample.solver, update=config.sample.update, t_start=t0,
-                                    seed=config.sample.seed, num_samples=num, batch=config.sample.batch,
-                                    straightness_samples=0)
+                spec = dataclasses.replace(SamplingSpec.of(config.sample, k), t_start=t0, num_samples=num,
+                                           straightness_samples=0)
                 images, _, _ = generate(velocity, spec, range(num), device)
                 result = evaluate_images(images, fnet, ev.reference, paths.root / "fid", config.data.dataset,
                                          config.data.resolution, num_samples=num, batch=ev.batch, device=device,

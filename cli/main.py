@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from cli import evaluate, features, pairs, teacher, train
+from cli import dvc, evaluate, features, pairs, teacher, train
 from cli.common import EXIT_FAILURE, OverridesArg, ProfileOpt, resolve
 
 
@@ -23,10 +23,6 @@ class _App(typer.Typer):
     traceback."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from rfpp.checkpoints import CheckpointError
-        from rfpp.provenance import LockedError, ProvenanceError
-        from rfpp.tracking import TrackingError
-
         try:
             return super().__call__(*args, **kwargs)
         except (NotADirectoryError, FileExistsError) as err:
@@ -37,7 +33,13 @@ class _App(typer.Typer):
             typer.secho(f"error: cannot use {err.filename or 'a file'}: {err.strerror or err}; check its "
                         "permissions and free space, or choose another output", err=True, fg=typer.colors.RED)
             sys.exit(EXIT_FAILURE)
-        except (CheckpointError, LockedError, ProvenanceError, TrackingError) as err:
+        except Exception as err:
+            from rfpp.checkpoints import CheckpointError  # here, not at start: a command without torch stays so
+            from rfpp.provenance import LockedError, ProvenanceError
+            from rfpp.tracking import TrackingError
+
+            if not isinstance(err, CheckpointError | LockedError | ProvenanceError | TrackingError):
+                raise
             typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
             sys.exit(EXIT_FAILURE)
 
@@ -60,7 +62,7 @@ def config(profile: str = ProfileOpt, overrides: list[str] = OverridesArg) -> No
     resolve(profile, overrides, dry_run=True, gpus=0)
 
 
-for module in (teacher, features, pairs, train, evaluate):
+for module in (teacher, features, pairs, train, evaluate, dvc):
     module.register(app)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli.common import EXIT_USAGE, DryRunOpt, OverridesArg, ProfileOpt, fail, resolve
+from cli.common import EXIT_USAGE, DryRunOpt, OverridesArg, ProfileOpt, fail, reported, resolve
 
 
 def register(app: typer.Typer) -> None:
@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
             fail(f"--shard {shard} is out of range for {n} shards (0..{n - 1})", EXIT_USAGE)
         if shard is not None and finalize:
             fail("--shard and --finalize exclude each other", EXIT_USAGE)
-        try:
+        with reported(CheckpointError, PairSetError, ValueError, LockedError):
             if not finalize:
                 for k in [shard] if shard is not None else range(n):
                     record = run_shard(config, k, n, progress=progress)
@@ -40,5 +40,3 @@ def register(app: typer.Typer) -> None:
             if shard is None:
                 manifest = run_finalize(config, n)
                 typer.echo(f"manifest: {manifest['spec']['count']} pairs in {n} shards")
-        except (CheckpointError, PairSetError, ValueError, LockedError) as err:
-            fail(str(err))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli.common import DryRunOpt, OverridesArg, ProfileOpt, fail, resolve
+from cli.common import DryRunOpt, OverridesArg, ProfileOpt, reported, resolve
 
 
 def register(app: typer.Typer) -> None:
@@ -26,9 +26,7 @@ def register(app: typer.Typer) -> None:
         from rfpp.teachers import ChecksumError, DownloadError, TeacherLoadError, UnsafePickleError
         from rfpp.teachers.stage import run_teacher_stage
 
-        try:
+        with reported(CheckpointError, ChecksumError, DownloadError, TeacherLoadError, UnsafePickleError,
+                      FileNotFoundError, ValueError, FloatingPointError, LockedError):
             path = run_teacher_stage(config, progress=progress)
-        except (CheckpointError, ChecksumError, DownloadError, TeacherLoadError, UnsafePickleError,
-                FileNotFoundError, ValueError, FloatingPointError, LockedError) as err:
-            fail(str(err))
         typer.echo(f"teacher: {path}")

@@ -51,6 +51,7 @@ def register(app: typer.Typer) -> None:
 
         from rfpp.checkpoints import CheckpointError
         from rfpp.config import ConfigError
+        from rfpp.devices import DeviceError
         from rfpp.losses import PerceptualWeightsNotFoundError
         from rfpp.pairs import PairSetError
         from rfpp.provenance import LockedError
@@ -59,7 +60,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             env = dist.setup(config.device)
-        except RuntimeError as err:
+        except (DeviceError, RuntimeError) as err:
             fail(str(err), EXIT_USAGE)
         prefix = f"[rank {env.rank}] " if env.distributed else ""
         try:

@@ -1,141 +1,240 @@
 """The one configuration object of a run: a profile (params/<profile>.yaml) plus dotted overrides.
 
 A profile YAML has one section per pipeline stage. `load_config("digits", ["train.lr=1e-4"])` reads it,
-applies the overrides, validates every key and type against the dataclasses below, and returns a
-frozen-by-convention `Config`. `Config.to_dict()` is what is saved beside every output and logged to
-MLflow. Unknown keys, wrong types and out-of-range values raise `ConfigError` naming the key.
+applies the overrides, validates every key, type and range against the pydantic dataclasses below (the one
+schema of a profile: `json_schema()` is what Snakemake and editors check params/*.yaml against), and returns a
+frozen-by-convention `Config`. `Config.to_dict()` is what is saved beside every output and logged to MLflow.
+Unknown keys, wrong types and out-of-range values raise `ConfigError`, one line naming the dotted key.
+
+Types are strict (no "3" -> 3, no 1 -> true); a float accepts an int or a numeric string (YAML reads `1e-4`
+as a string) and refuses inf/nan. The names a key may take come from the modules that act on them
+(rfpp.timesteps, rfpp.losses.kinds, rfpp.sampling.kinds, rfpp.pairs.kinds, rfpp.train.kinds, rfpp.eval.kinds),
+all importable without torch. `python -m rfpp.config --schema` prints the JSON schema.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
-import types
+import re
+import sys
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from annotated_types import Ge, Gt, Le, Lt, MinLen
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Strict,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic import dataclasses as pydantic_dataclasses
+
+from rfpp.eval.kinds import FEATURE_NETS, FORMATS
+from rfpp.losses.kinds import HUBER_C_MODES, PERCEPTUAL_NETS
+from rfpp.losses.kinds import KINDS as LOSSES
+from rfpp.pairs.kinds import DTYPES, SAMPLERS
+from rfpp.sampling.kinds import SOLVERS, T_START, UPDATES, check_t_start, steps_for_nfe
+from rfpp.timesteps import KINDS as TIMESTEPS
+from rfpp.train.kinds import INITS, NONFINITE, PRECISIONS
 
 PARAMS_DIR = Path(__file__).resolve().parents[1] / "params"
+NAME = r"^[A-Za-z0-9_.+-]+$"  # a profile's or an arm's name: it names a folder under results/
+NUMBER = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"  # a float written as a string, e.g. YAML's 1e-4
 
 
 class ConfigError(ValueError):
     """A profile or override that does not fit the schema; the message names the key."""
 
 
-@dataclass
+def _number(value: Any) -> Any:
+    """A float field's input: finite numbers and numeric strings pass on (as floats); booleans, inf, nan are refused."""
+    number = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if number is None:
+        raise ValueError(f"expected a number, got {value!r}")
+    if not math.isfinite(number):
+        raise ValueError(f"must be a finite number, got {value!r}")
+    return number
+
+
+class _OrNumericString:
+    """JSON schema of a float field: a number, or a string that reads as one (range keywords bind numbers only)."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        return {**handler(core_schema), "type": ["number", "string"], "pattern": NUMBER}
+
+
+def Num(*limits: Any) -> Any:  # noqa: N802 (a type, spelled like one)
+    """A finite float field with annotated_types limits, e.g. Num(Gt(0), Lt(1))."""
+    return Annotated[float, *limits, BeforeValidator(_number), _OrNumericString()]
+
+
+def Int(*limits: Any) -> Any:  # noqa: N802
+    """A strict int field (no bool, no "3") with annotated_types limits, e.g. Int(Ge(1))."""
+    return Annotated[int, Strict(), *limits]
+
+
+Str = Annotated[str, Strict()]
+Bool = Annotated[bool, Strict()]
+Name = Annotated[str, Strict(), StringConstraints(pattern=NAME)]
+Float = Num()
+Positive = Int(Ge(1))
+NonNegative = Int(Ge(0))
+Fraction = Num(Ge(0), Lt(1))  # in [0, 1)
+
+_SECTION = ConfigDict(extra="forbid")
+section = pydantic_dataclasses.dataclass(config=_SECTION)
+
+
+@section
 class DataConfig:
     """Training data: 'digits', an image folder, or an EDM dataset zip; images in [−1, 1]."""
 
-    dataset: str = "digits"
-    resolution: int = 16
+    dataset: Str = "digits"
+    resolution: Positive = 16
 
 
-@dataclass
+@section
 class TeacherConfig:
     """Where the teacher comes from: 'train' (a 1-rectified flow trained here), an EDM snapshot name,
     or a path/URL. `net` holds EDM's constructor keyword arguments for a trained teacher. `grid` samples
     of `grid_nfe` Heun NFE (an even number is raised by one) make the preview teacher/samples.png."""
 
-    source: str = "train"
-    arch: str = "SongUNet"
+    source: Str = "train"
+    arch: Str = "SongUNet"
     net: dict[str, Any] = field(default_factory=dict)
-    steps: int = 2000
-    batch: int = 64
-    lr: float = 2e-4
-    ema: float = 0.999
-    sha256: str | None = None
-    grid: int = 64
-    grid_nfe: int = 15
+    steps: Positive = 2000
+    batch: Positive = 64
+    lr: Float = 2e-4
+    ema: Float = 0.999
+    sha256: Str | None = None
+    grid: Positive = 64
+    grid_nfe: Positive = 15
 
 
-@dataclass
+@section
 class PairsConfig:
     """Pair generation: `count` pairs in `num_shards` shards; teacher sampler and its steps."""
 
-    count: int = 4096
-    num_shards: int = 4
-    sampler: str = "edm_heun"
-    steps: int = 18
-    dtype: str = "float32"
-    seed: int = 1
-    batch: int = 256
+    count: Positive = 4096
+    num_shards: Positive = 4
+    sampler: Literal[SAMPLERS] = "edm_heun"
+    steps: Positive = 18
+    dtype: Literal[DTYPES] = "float32"
+    seed: Int() = 1
+    batch: Positive = 256
 
 
-@dataclass
+@section
 class ArmConfig:
     """One training arm: timestep distribution, loss and initialisation; `batch` overrides train.batch."""
 
-    timesteps: str = "u_shaped"
-    a: float = 4.0
-    loss: str = "lpips-huber"
-    init: str = "teacher"
-    huber_c: str = "reference"
-    batch: int | None = None
+    timesteps: Literal[TIMESTEPS] = "u_shaped"
+    a: Num(Gt(0)) = 4.0
+    loss: Literal[LOSSES] = "lpips-huber"
+    init: Literal[INITS] = "teacher"
+    huber_c: Literal[HUBER_C_MODES] = "reference"
+    batch: Positive | None = None
 
 
-@dataclass
+@section
 class TrainConfig:
     """One round of Reflow: optimisation settings shared by every arm."""
 
-    arms: dict[str, ArmConfig] = field(default_factory=lambda: {"rfpp": ArmConfig()})
-    steps: int = 1000
-    batch: int = 64
-    lr: float = 2e-4
-    warmup: int = 100
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    ema: float = 0.999
-    ema_start: int = 0
-    grad_clip: float | None = None
-    dropout: float = 0.0
-    precision: str = "fp32"
-    compile: bool = False
-    ckpt_every: int = 500
-    gpus: int = 1
-    keep_last: int = 2
-    perceptual: str = "lpips-vgg16"
-    micro_batch: int | None = None  # per-rank forward batch; None = batch / world size (no accumulation)
-    num_workers: int = 2  # DataLoader workers per rank (they regenerate the noise)
-    channels_last: bool = False
-    nonfinite: str = "stop"  # a NaN/inf loss: "stop" the run, or "skip" the update and count it
-    keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0: none)
-    log_every: int = 10
-    eval_every: int = 200  # straightness, sample grids, timestep histogram (0: only at the end)
-    eval_batch: int = 64
-    straightness_nfe: int = 8
-    lpips_resize: int | None = 224  # VGG16 LPIPS input size (224 the paper's; smaller for quick CPU runs; null: none)
+    arms: Annotated[dict[Name, ArmConfig], MinLen(1)] = field(default_factory=lambda: {"rfpp": ArmConfig()})
+    steps: Positive = 1000
+    batch: Positive = 64
+    lr: Num(Gt(0), Lt(1)) = 2e-4
+    warmup: NonNegative = 100
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    eps: Num(Gt(0)) = 1e-8
+    ema: Fraction = 0.999
+    ema_start: NonNegative = 0
+    grad_clip: Num(Gt(0)) | None = None  # null: no clipping
+    dropout: Fraction = 0.0
+    precision: Literal[PRECISIONS] = "fp32"
+    compile: Bool = False
+    ckpt_every: Positive = 500
+    gpus: Positive = 1
+    keep_last: Positive = 2
+    perceptual: Literal[PERCEPTUAL_NETS] = "lpips-vgg16"
+    micro_batch: Positive | None = None  # per-rank forward batch; None = batch / world size (no accumulation)
+    num_workers: NonNegative = 2  # DataLoader workers per rank (they regenerate the noise)
+    channels_last: Bool = False
+    nonfinite: Literal[NONFINITE] = "stop"  # a NaN/inf loss: "stop" the run, or "skip" the update and count it
+    keep_every: NonNegative = 0  # also keep every checkpoint whose step is a multiple of this (0: none)
+    log_every: Positive = 10
+    eval_every: NonNegative = 200  # straightness, sample grids, timestep histogram (0: only at the end)
+    eval_batch: Positive = 64
+    straightness_nfe: Positive = 8
+    lpips_resize: Int(Ge(16)) | None = 224  # VGG16 LPIPS input size (224 the paper's; smaller for quick CPU runs)
+
+    @model_validator(mode="after")
+    def _micro_batch_fits(self) -> TrainConfig:
+        """micro_batch ≤ every arm's batch (world-size divisibility is checked when a run starts)."""
+        smallest = min((arm.batch or self.batch for arm in self.arms.values()), default=self.batch)
+        if self.micro_batch is not None and self.micro_batch > smallest:
+            raise ValueError(f"micro_batch: must be at most the batch ({smallest}), got {self.micro_batch}")
+        return self
 
 
-@dataclass
+@section
 class SampleConfig:
     """Few-step sampling for evaluation: the NFE sweep, solver, update rule, sample count and seed.
 
-    `schedule` is an optional user time grid (descending, in (0, 1]) that replaces the default grid of
+    `schedule` is an optional user time grid (descending, in [0, 1]) that replaces the default grid of
     `nfe`; `t_start` is the default grid's first point (the reference's 1 − 1e−5): a short training run
     seldom draws t that close to 1, so a small profile may start lower (docs/digits-findings.md);
     `format` is how samples are written (npz, a PNG folder or an EDM zip); `grid` is how many
     samples the PNG grid shows and `grid_scale` its integer magnification.
     """
 
-    nfe: list[int] = field(default_factory=lambda: [1, 2])
-    solver: str = "euler"
-    update: str = "new"
-    num_samples: int = 1000
-    batch: int = 250
-    seed: int = 0
-    schedule: list[float] | None = None
-    t_start: float = 1 - 1e-5
-    format: str = "npz"
-    grid: int = 64
-    grid_scale: int = 1
-    straightness_samples: int = 256
+    nfe: Annotated[list[Positive], MinLen(1)] = field(default_factory=lambda: [1, 2])
+    solver: Literal[SOLVERS] = "euler"
+    update: Literal[UPDATES] = "new"
+    num_samples: Positive = 1000
+    batch: Positive = 250
+    seed: NonNegative = 0
+    schedule: Annotated[list[Num(Ge(0), Le(1))], MinLen(1)] | None = None
+    t_start: Num(Gt(0), Lt(1)) = T_START
+    format: Literal[FORMATS] = "npz"
+    grid: Positive = 64
+    grid_scale: Positive = 1
+    straightness_samples: NonNegative = 256
+
+    @model_validator(mode="after")
+    def _grid_fits(self) -> SampleConfig:
+        """Heun spends odd NFEs; t_start lies above the second point of the largest NFE's grid; a schedule
+        decreases strictly (and replaces the NFEs' default grids: their checks do not apply then)."""
+        if len(set(self.nfe)) < len(self.nfe):
+            raise ValueError(f"nfe: each NFE once, got {self.nfe}")
+        if self.schedule is None:
+            if self.solver == "heun" and any(n % 2 == 0 for n in self.nfe):
+                raise ValueError(f"nfe: Heun needs odd NFEs, got {self.nfe}")
+            try:
+                check_t_start(self.t_start, max(steps_for_nfe(n, self.solver) for n in self.nfe))
+            except ValueError as err:
+                raise ValueError(f"t_start: {err} (sample.nfe {self.nfe}, solver {self.solver})") from None
+        pts = self.schedule
+        if pts is not None and any(b >= a for a, b in zip(pts, pts[1:], strict=False)):
+            raise ValueError(f"schedule: must be strictly decreasing times in [0, 1], got {pts}")
+        return self
 
 
-@dataclass
+@section
 class EvalConfig:
     """FID protocol: feature network and reference statistics.
 
@@ -147,26 +246,28 @@ class EvalConfig:
     bilinearly, as LPIPS resizes to VGG's 224); None = data.resolution.
     """
 
-    feature_net: str = "inception"
-    reference: str = "dataset"
-    num_samples: int = 1000
-    reference_sha256: str | None = None
-    inception_weights: str | None = None
-    batch: int = 250
-    isc: bool = False
-    kid: bool = False
-    prc: bool = False
-    kid_subset_size: int = 1000
-    feature_resolution: int | None = None
+    feature_net: Literal[FEATURE_NETS] = "inception"
+    reference: Annotated[str, Strict(), MinLen(1)] = "dataset"
+    num_samples: Positive = 1000
+    reference_sha256: Str | None = None
+    inception_weights: Str | None = None
+    batch: Positive = 250
+    isc: Bool = False
+    kid: Bool = False
+    prc: Bool = False
+    kid_subset_size: Positive = 1000
+    feature_resolution: Int(Ge(4)) | None = None
 
 
-@dataclass
+@pydantic_dataclasses.dataclass(config=ConfigDict(extra="forbid", json_schema_extra={
+    "$schema": "https://json-schema.org/draft/2020-12/schema", "required": ["profile"],  # load_config's rule
+    "description": "an rfpp profile, params/<profile>.yaml (made by `python -m rfpp.config --schema`)"}))
 class Config:
     """The whole run configuration of a profile."""
 
-    profile: str = "digits"
-    seed: int = 0
-    device: str = "auto"
+    profile: Name = "digits"  # results/<profile>/
+    seed: Int() = 0
+    device: Str = "auto"  # auto (a claimed GPU when there is one, else the CPU), cpu, cuda, cuda:1 …
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
@@ -181,6 +282,14 @@ class Config:
         return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
 
 
+_CONFIG = TypeAdapter(Config)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of a profile (workflow/schemas/params.schema.json is this, written by --schema)."""
+    return _CONFIG.json_schema()
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
@@ -189,80 +298,88 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check `value` against the type hint `hint`, converting only where no information is lost."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
-    if dataclasses.is_dataclass(hint):
-        if isinstance(value, hint):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return _build(hint, value, key)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        _, vt = typing.get_args(hint)
-        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
-    if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        args = typing.get_args(hint)
-        if origin is tuple:
-            if len(value) != len(args):
-                raise ConfigError(f"{key}: expected {len(args)} values, got {list(value)!r}")
-            return tuple(_coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, args, strict=True)))
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if hint is float:
-        number = None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                number = float(value)
-        if number is None:
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(number):
-            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
-        return number
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported type {hint!r}")
+def _section_at(loc: tuple[Any, ...]) -> Any:
+    """The config class that holds the key at `loc` (arm names step through train.arms)."""
+    cls: Any = Config
+    for part in loc:
+        if not dataclasses.is_dataclass(cls):  # a mapping of sections: `part` is its key
+            cls = typing.get_args(cls)[1]
+            continue
+        hint = typing.get_type_hints(cls)[part]
+        while typing.get_origin(hint) is Annotated:
+            hint = typing.get_args(hint)[0]
+        cls = hint
+    while typing.get_origin(cls) is Annotated:
+        cls = typing.get_args(cls)[0]
+    return cls
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config key {where}{unknown[0]!s}; valid keys here: {', '.join(sorted(names))}")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
-    return cls(**kwargs)
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _range(loc: tuple[Any, ...]) -> str:
+    """The allowed range of the number at `loc`, from its field's bounds: "in (0, 1)", "at least 1", "> 0" …"""
+    while isinstance(loc[-1], int):  # an item of a list field: the bounds are the items'
+        loc = loc[:-1]
+    bounds: dict[type, Any] = {}
+    todo = [typing.get_type_hints(_section_at(loc[:-1]), include_extras=True)[loc[-1]]]
+    while todo:
+        hint = todo.pop()
+        todo.extend(typing.get_args(hint))
+        bounds.update({type(m): m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Gt | Ge | Lt | Le)})
+    low = ("(", bounds[Gt].gt) if Gt in bounds else ("[", bounds[Ge].ge) if Ge in bounds else None
+    high = (")", bounds[Lt].lt) if Lt in bounds else ("]", bounds[Le].le) if Le in bounds else None
+    if low and high:
+        return f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
+    if low:
+        return f"> {low[1]}" if low[0] == "(" else f"at least {low[1]}"
+    return f"< {high[1]}" if high[0] == ")" else f"at most {high[1]}"
+
+
+_EXPECTED = {"int_type": "an integer", "bool_type": "true or false", "string_type": "a string",
+             "float_type": "a number", "float_parsing": "a number", "list_type": "a list", "tuple_type": "a list",
+             "dict_type": "a mapping", "dataclass_type": "a mapping", "dataclass_args_type": "a mapping"}
+
+
+def _one_line(err: ValidationError) -> str:
+    """pydantic's first error as one line: the dotted key, the bad value and what is allowed."""
+    e = err.errors()[0]
+    loc, kind, value, ctx = e["loc"], e["type"], e.get("input"), e.get("ctx") or {}
+    what = ""
+    if loc and loc[-1] == "[key]":  # a mapping's key (an arm's name): name the mapping
+        loc, what = loc[:-2], "key "
+    elif kind == "missing" and loc and isinstance(loc[-1], int):  # a tuple given too few values
+        return f"{_dotted(loc[:-1])}: too few values, got {value!r}"
+    key = _dotted(loc)
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        names = [f.name for f in dataclasses.fields(_section_at(loc[:-1]))]
+        return f"unknown config key {key}; valid keys here: {', '.join(sorted(names))}"
+    if kind == "literal_error":
+        allowed = ", ".join(re.findall(r"'([^']*)'", ctx["expected"]))
+        return f"{key}: {value!r} is not one of {allowed}"
+    if kind in _EXPECTED:
+        return f"{key}: {what}expected {_EXPECTED[kind]}, got {value!r}"
+    if kind == "value_error":  # a validator's message: "<field>: why", or a float field's own
+        why = str(ctx.get("error", e["msg"]))
+        return f"{key}.{why}" if re.match(r"^\w+: ", why) else f"{key}: {why}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{key}: must be {_range(loc)}, got {value!r}"
+    limits = {"too_short": "at least {min_length} long",
+              "string_too_short": "at least {min_length} character(s) long",
+              "too_long": "at most {max_length} long", "finite_number": "a finite number",
+              "string_pattern_mismatch": "a name matching {pattern}"}
+    if kind in limits:
+        return f"{key}: {what}must be {limits[kind].format(**ctx)}, got {value!r}"
+    return f"{key}: {e['msg']}, got {value!r}"
+
+
+def validate(values: dict[str, Any]) -> Config:
+    """A profile's values (after overrides) as a Config, or ConfigError naming the first bad key."""
+    try:
+        return _CONFIG.validate_python(values)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err)) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -310,115 +427,10 @@ def load_config(profile: str = "digits", overrides: list[str] | None = None) -> 
     if not values.get("profile"):
         raise ConfigError(f"{path} has no `profile:` key; add `profile: <name>` (it names results/<name>/)")
     values = apply_overrides(values, list(overrides or []))
-    config = _build(Config, values, "")
-    validate(config)
-    return config
+    return validate(values)
 
 
-def validate(config: Config) -> None:
-    """Range checks that the type system cannot express."""
-    from rfpp.timesteps import KINDS
-
-    losses = ("l2", "l2-squared", "pseudo-huber", "lpips", "lpips-huber", "lpips-huber-1/t")
-    for name, arm in config.train.arms.items():
-        if arm.timesteps not in KINDS:
-            raise ConfigError(f"train.arms.{name}.timesteps: {arm.timesteps!r} is not one of {', '.join(KINDS)}")
-        if arm.loss not in losses:
-            raise ConfigError(f"train.arms.{name}.loss: {arm.loss!r} is not one of {', '.join(losses)}")
-        if arm.init not in ("teacher", "scratch"):
-            raise ConfigError(f"train.arms.{name}.init: must be 'teacher' or 'scratch', not {arm.init!r}")
-        if arm.batch is not None and arm.batch < 1:
-            raise ConfigError(f"train.arms.{name}.batch: must be at least 1, got {arm.batch}")
-        if arm.a <= 0:
-            raise ConfigError(f"train.arms.{name}.a: must be > 0, got {arm.a}")
-    positive = {"teacher.grid": config.teacher.grid, "teacher.grid_nfe": config.teacher.grid_nfe,
-                "pairs.count": config.pairs.count, "pairs.num_shards": config.pairs.num_shards,
-                "pairs.batch": config.pairs.batch, "pairs.steps": config.pairs.steps,
-                "train.steps": config.train.steps, "train.batch": config.train.batch,
-                "sample.num_samples": config.sample.num_samples, "data.resolution": config.data.resolution}
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key}: must be at least 1, got {value}")
-    if config.eval.feature_resolution is not None and config.eval.feature_resolution < 4:
-        raise ConfigError(f"eval.feature_resolution: must be at least 4, got {config.eval.feature_resolution}")
-    if config.train.gpus < 1:
-        raise ConfigError(f"train.gpus: must be at least 1, got {config.train.gpus}")
-    if not 0 < config.train.lr < 1:
-        raise ConfigError(f"train.lr: must be in (0, 1), got {config.train.lr}")
-    if not 0 <= config.train.ema < 1:
-        raise ConfigError(f"train.ema: must be in [0, 1), got {config.train.ema}")
-    if config.pairs.dtype not in ("float32", "bfloat16", "float16"):
-        raise ConfigError(f"pairs.dtype: must be float32, bfloat16 or float16, not {config.pairs.dtype!r}")
-    if config.train.precision not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"train.precision: must be fp32, bf16 or fp16, not {config.train.precision!r}")
-    _validate_train(config.train)
-    if any(n < 1 for n in config.sample.nfe):
-        raise ConfigError(f"sample.nfe: every NFE must be at least 1, got {config.sample.nfe}")
-    _validate_sample_eval(config)
-
-
-def _validate_sample_eval(config: Config) -> None:
-    """Range checks of the sample: and eval: sections."""
-    sample, ev = config.sample, config.eval
-    if sample.solver not in ("euler", "heun"):
-        raise ConfigError(f"sample.solver: must be euler or heun, not {sample.solver!r}")
-    if sample.update not in ("default", "new"):
-        raise ConfigError(f"sample.update: must be default or new, not {sample.update!r}")
-    if sample.solver == "heun" and sample.schedule is None and any(n % 2 == 0 for n in sample.nfe):
-        raise ConfigError(f"sample.nfe: Heun needs odd NFEs, got {sample.nfe}")
-    if sample.format not in ("npz", "png", "zip"):
-        raise ConfigError(f"sample.format: must be npz, png or zip, not {sample.format!r}")
-    from rfpp.sampling.grids import check_t_start, steps_for_nfe
-
-    try:
-        max_steps = max([steps_for_nfe(n, sample.solver) for n in sample.nfe], default=1)
-        check_t_start(sample.t_start, max_steps)
-    except ValueError as err:
-        raise ConfigError(f"sample.t_start: {err} (sample.nfe {sample.nfe}, solver {sample.solver})") from None
-    if sample.schedule is not None:
-        pts = sample.schedule
-        if not pts or any(not 0 <= t <= 1 for t in pts) or any(b >= a for a, b in zip(pts, pts[1:], strict=False)):
-            raise ConfigError(f"sample.schedule: must be strictly decreasing times in (0, 1], got {pts}")
-    for key, value in {"sample.batch": sample.batch, "sample.grid": sample.grid, "sample.grid_scale":
-                       sample.grid_scale, "eval.num_samples": ev.num_samples, "eval.batch": ev.batch,
-                       "eval.kid_subset_size": ev.kid_subset_size}.items():
-        if value < 1:
-            raise ConfigError(f"{key}: must be at least 1, got {value}")
-    if sample.seed < 0 or sample.straightness_samples < 0:
-        raise ConfigError("sample.seed and sample.straightness_samples must be non-negative")
-    if ev.feature_net not in ("inception", "digits-classifier"):
-        raise ConfigError(f"eval.feature_net: must be inception or digits-classifier, not {ev.feature_net!r}")
-    if not ev.reference:
-        raise ConfigError("eval.reference: must be 'dataset', a URL or a path of an .npz with mu and sigma")
-
-
-PERCEPTUAL_NETS = ("lpips-vgg16", "lpips-vgg16-maxpool", "digits-classifier")
-
-
-def _validate_train(train: TrainConfig) -> None:
-    """Range checks of the training section (world-size divisibility is checked when a run starts)."""
-    for key in ("ckpt_every", "keep_last", "log_every", "eval_batch", "straightness_nfe"):
-        if getattr(train, key) < 1:
-            raise ConfigError(f"train.{key}: must be at least 1, got {getattr(train, key)}")
-    for key in ("warmup", "ema_start", "num_workers", "keep_every", "eval_every"):
-        if getattr(train, key) < 0:
-            raise ConfigError(f"train.{key}: must be at least 0, got {getattr(train, key)}")
-    if train.micro_batch is not None and not 1 <= train.micro_batch <= train.batch:
-        raise ConfigError(f"train.micro_batch: must be in [1, train.batch={train.batch}], got {train.micro_batch}")
-    if not all(0 <= b < 1 for b in train.betas):
-        raise ConfigError(f"train.betas: each must be in [0, 1), got {list(train.betas)}")
-    if not train.eps > 0:
-        raise ConfigError(f"train.eps: must be > 0, got {train.eps}")
-    if train.grad_clip is not None and not train.grad_clip > 0:
-        raise ConfigError(f"train.grad_clip: must be > 0 (or null for no clipping), got {train.grad_clip}")
-    if not 0 <= train.dropout < 1:
-        raise ConfigError(f"train.dropout: must be in [0, 1), got {train.dropout}")
-    if train.lpips_resize is not None and train.lpips_resize < 16:
-        raise ConfigError(f"train.lpips_resize: must be at least 16 (or null), got {train.lpips_resize}")
-    if train.nonfinite not in ("stop", "skip"):
-        raise ConfigError(f"train.nonfinite: must be 'stop' or 'skip', not {train.nonfinite!r}")
-    if train.perceptual not in PERCEPTUAL_NETS:
-        raise ConfigError(f"train.perceptual: {train.perceptual!r} is not one of {', '.join(PERCEPTUAL_NETS)}")
-    for name, arm in train.arms.items():
-        if arm.huber_c not in ("reference", "ict"):
-            raise ConfigError(f"train.arms.{name}.huber_c: must be 'reference' or 'ict', not {arm.huber_c!r}")
+if __name__ == "__main__":  # python -m rfpp.config --schema > workflow/schemas/params.schema.json
+    if sys.argv[1:] != ["--schema"]:
+        sys.exit("usage: python -m rfpp.config --schema  (prints the JSON schema of a profile)")
+    print(json.dumps(json_schema(), indent=2, ensure_ascii=False))

@@ -22,6 +22,10 @@ included, so a crashed job never leaves a device taken.
 
 A process that needs k GPUs for child processes (torchrun) claims them in a parent that holds the locks for
 the children's lifetime: `python -m rfpp.devices --gpus 4 -- torchrun --nproc_per_node 4 -m cli.main train …`.
+
+`resolve_device(config.device)` is the one place that turns the profile's `device` into a torch.device, for
+every stage: `auto` is CUDA when there is a GPU, else the CPU; `cuda`, `cuda:K` and `cpu` are checked against
+this machine (`DeviceError` names what is there).
 """
 
 from __future__ import annotations
@@ -38,9 +42,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rfpp import lifeline
 from rfpp.lifeline import child_preexec
+
+if TYPE_CHECKING:
+    import torch
 
 LOCK_DIR_ENV = "RFPP_GPU_LOCK_DIR"
 NUM_GPUS_ENV = "RFPP_NUM_GPUS"
@@ -51,6 +59,10 @@ POLL_SECONDS = 0.25
 
 class GPUClaimError(RuntimeError):
     """GPUs could not be claimed: too many asked for, none free before the timeout, or CUDA already initialised."""
+
+
+class DeviceError(ValueError):
+    """The profile's `device` names no device of this machine (the CLI reports it as bad configuration, exit 2)."""
 
 
 @dataclass
@@ -257,6 +269,30 @@ def claim_for_device(device: str | None, k: int = 1) -> list[int]:
     if device not in (None, "", "auto"):
         return []
     return claim_gpus(k)
+
+
+def resolve_device(name: str | None, local_rank: int | None = None) -> torch.device:
+    """`device` of the profile → torch.device: 'auto' (or unset) is CUDA when available, else the CPU; 'cuda' gets
+    index `local_rank` when one is given (a torchrun process); a CUDA device this machine lacks is a DeviceError."""
+    import torch
+
+    if name in (None, "", "auto"):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise DeviceError(f"device {name!r} is not a device ({err}); use auto, cpu, cuda or cuda:K") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {name!r} was asked for, but CUDA is not available on this machine; "
+                              "use device=auto or device=cpu")
+        if device.index is None and local_rank is not None:
+            device = torch.device("cuda", local_rank)
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise DeviceError(f"device {str(device)!r} was asked for, but this process sees {count} CUDA "
+                              f"device(s) (cuda:0..cuda:{count - 1}); use device=auto or another index")
+    return device
 
 
 def run_with_gpus(k: int, command: list[str], timeout: float | None = None) -> int:

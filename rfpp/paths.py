@@ -44,8 +44,12 @@ class ProfilePaths:
     def pairs_manifest(self) -> Path:
         return self.pairs_dir / "manifest.json"
 
-    def shard_record(self, shard: int) -> Path:
-        return self.pairs_dir / f"shard-{shard}.json"
+    def shard_record(self, shard: int | str) -> Path:
+        return shard_files(self.pairs_dir, shard)["record"]
+
+    def shard_files(self, shard: int | str) -> dict[str, Path]:
+        """A pair shard's record (.json) and arrays (images, labels .npy)."""
+        return shard_files(self.pairs_dir, shard)
 
     def train_dir(self, arm: str) -> Path:
         return self.root / "train" / arm
@@ -54,8 +58,13 @@ class ProfilePaths:
         """The final EMA student of an arm, as an rfpp model file."""
         return self.train_dir(arm) / "final.pt"
 
-    def samples(self, arm: str, nfe: int) -> Path:
+    def samples(self, arm: str, nfe: int | str) -> Path:
         return self.root / "samples" / arm / f"nfe{nfe}.npz"
+
+    def sample_files(self, arm: str, nfe: int | str) -> dict[str, Path]:
+        """A sample set (npz) with its metadata (json) and grid (png) beside it."""
+        npz = self.samples(arm, nfe)
+        return {"npz": npz, "json": npz.with_suffix(".json"), "png": npz.with_suffix(".png")}
 
     def fid(self, arm: str, nfe: int) -> Path:
         return self.root / "fid" / f"{arm}-nfe{nfe}.json"
@@ -63,3 +72,21 @@ class ProfilePaths:
     @property
     def report(self) -> Path:
         return self.root / "report.md"
+
+    @property
+    def report_dir(self) -> Path:
+        """The report's figures (report/*.png)."""
+        return self.root / "report"
+
+    def log(self, stage: str, *wildcards: object) -> Path:
+        """The log of one pipeline job: logs/<stage>.log, or logs/<stage>/<wildcard values joined by '-'>.log."""
+        if not wildcards:
+            return self.root / "logs" / f"{stage}.log"
+        return self.root / "logs" / stage / f"{'-'.join(str(w) for w in wildcards)}.log"
+
+
+def shard_files(pairs_dir: str | Path, shard: int | str) -> dict[str, Path]:
+    """Pair shard `shard` in `pairs_dir`: its record (.json) and arrays (.images.npy, .labels.npy)."""
+    pairs_dir = Path(pairs_dir)
+    return {"record": pairs_dir / f"shard-{shard}.json", "images": pairs_dir / f"shard-{shard}.images.npy",
+            "labels": pairs_dir / f"shard-{shard}.labels.npy"}

@@ -9,30 +9,38 @@ reproducible and no host round trip sits in the training step.
 - `logit_normal(mean, std)`: t = sigmoid(mean + std·ε), ε ~ N(0, 1).
 
 Every kind is finally squeezed affinely into [T_MIN, T_MAX]: t ← t·(T_MAX − T_MIN) + T_MIN.
+torch is imported inside the functions, so that rfpp.config reads KINDS without loading it.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 T_MIN = 1e-5
 T_MAX = 1 - 1e-5
-KINDS = ("u_shaped", "uniform", "logit_normal")
+KINDS = ("u_shaped", "uniform", "logit_normal")  # train.arms.*.timesteps
 
 
 def _uniform(n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    import torch
+
     return torch.rand(n, generator=generator, device=device, dtype=torch.float64)
 
 
 def sample_timesteps(n: int, kind: str = "u_shaped", a: float = 4.0, generator: torch.Generator | None = None,
                      device: torch.device | str | None = None, mean: float = 0.0, std: float = 1.0,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                     dtype: torch.dtype | None = None) -> torch.Tensor:
     """Draw n training times of the given kind; returns shape (n,), values in [T_MIN, T_MAX].
 
-    The generator must live on `device` (torch's rule); with no generator the global RNG is used.
+    The generator must live on `device` (torch's rule); with no generator the global RNG is used; dtype None is
+    torch.float32.
     """
+    import torch
+
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
     if device is None and generator is not None:
@@ -53,12 +61,14 @@ def sample_timesteps(n: int, kind: str = "u_shaped", a: float = 4.0, generator: 
         t = torch.sigmoid(mean + std * eps)
     else:
         raise ValueError(f"unknown timestep distribution {kind!r}; choose one of {', '.join(KINDS)}")
-    return (t * (T_MAX - T_MIN) + T_MIN).to(dtype)
+    return (t * (T_MAX - T_MIN) + T_MIN).to(torch.float32 if dtype is None else dtype)
 
 
 def density(t: torch.Tensor, kind: str = "u_shaped", a: float = 4.0, mean: float = 0.0,
             std: float = 1.0) -> torch.Tensor:
     """Probability density of the unsqueezed distribution at t ∈ (0, 1) (for plots and tests)."""
+    import torch
+
     t = torch.as_tensor(t, dtype=torch.float64)
     if kind == "u_shaped":
         return a * torch.cosh(a * (t - 0.5)) / (2 * math.sinh(a / 2))
@@ -73,6 +83,8 @@ def density(t: torch.Tensor, kind: str = "u_shaped", a: float = 4.0, mean: float
 def cdf(t: torch.Tensor, kind: str = "u_shaped", a: float = 4.0, mean: float = 0.0,
         std: float = 1.0) -> torch.Tensor:
     """Cumulative distribution of the squeezed distribution on [T_MIN, T_MAX] (for KS tests)."""
+    import torch
+
     t = torch.as_tensor(t, dtype=torch.float64)
     s = ((t - T_MIN) / (T_MAX - T_MIN)).clamp(0, 1)
     if kind == "u_shaped":

@@ -23,6 +23,9 @@ the store that ``mlflow ui`` / ``mlflow server`` opens without arguments in the 
 to that store go to ``./mlruns/``, artifacts uploaded through a server to ``./mlartifacts/``).
 ``RFPP_TRACKING=off`` turns every call into a no-op (``run.run_id`` is then None).
 
+Every stage opens its run through ``stage_run`` (the run, with the resolved configuration logged as parameters and
+as ``config.yaml``); ``start_run`` is the bare run underneath.
+
 Metrics are buffered and sent with ``log_batch`` every ``RFPP_TRACKING_FLUSH_SECS`` seconds
 (default 15) or 1000 values, and at the end of the run. Once a run has started, tracking failures
 never reach the caller: the first is logged as a warning and later calls keep trying (after a pause).
@@ -61,7 +64,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_DISABLE_AGENT_HINT", "1")
 
-__all__ = ["NullRun", "TrackedRun", "TrackingError", "code_version", "start_run", "tracking_enabled", "tracking_uri"]
+__all__ = ["NullRun", "TrackedRun", "TrackingError", "code_version", "stage_run", "start_run", "tracking_enabled",
+           "tracking_uri"]
 
 _log = logging.getLogger(__name__)
 
@@ -527,6 +531,19 @@ def start_run(config: Any, stage: str, arm: str | None = None, run_name: str | N
         raise
     else:
         run.end("FINISHED")
+
+
+@contextlib.contextmanager
+def stage_run(config: Any, stage: str, arm: str | None = None, run_name: str | None = None,
+              tags: Mapping[str, Any] | None = None, enabled: bool = True) -> Iterator[NullRun]:
+    """The one way a stage opens its MLflow run: ``start_run`` with the resolved configuration logged. With
+    ``enabled`` False (a process other than rank 0) or ``RFPP_TRACKING=off`` it yields a ``NullRun``."""
+    if not enabled:
+        yield NullRun()
+        return
+    with start_run(config, stage=stage, arm=arm, run_name=run_name, tags=tags) as run:
+        run.log_config(config)
+        yield run
 
 
 def _clean_exit(err: BaseException) -> bool:

@@ -12,6 +12,18 @@ GOLDEN_DIR = Path(__file__).resolve().parent / "golden"  # what made these files
 NETWORK_CASES = ["songunet_ncsnpp", "songunet_ddpmpp_cond", "dhariwalunet_cond"]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The end-to-end runs (marked slow) first, the real profiles' DAGs (the longest: ImageNet-64's ADM first)
+    leading: with two workers (`make test`) the long runs start at once and the short tests fill in behind them,
+    instead of a long run starting last and running alone (the suite takes as long as its busiest worker)."""
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("slow") is None:
+            return 2
+        return 0 if item.get_closest_marker("real_profile_dag") is not None else 1
+
+    items.sort(key=rank)  # stable: file order within each rank
+
+
 def load_golden(name: str) -> dict:
     path = GOLDEN_DIR / f"{name}.pt"
     if not path.exists():

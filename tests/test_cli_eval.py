@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -76,7 +77,8 @@ def test_sample_t_start_moves_the_first_grid_point(workdir):
         assert json.loads(str(b["meta"]))["t_start"] == json.loads(str(c["meta"]))["t_start"] == 0.99999
         assert np.array_equal(b["images"], c["images"]) and not np.array_equal(a["images"], b["images"])
     r = run(*base, "--out", "bad.npz", "--t-start", "1")
-    assert r.exit_code == 2 and "t_start" in _out(r) and "σ = ∞" in _out(r)
+    assert r.exit_code == 2 and "sample.t_start" in r.stderr and "(0, 1)" in r.stderr
+    assert "--t-start (sample.t_start)" in r.stderr
     r = run("sample", "--nfe", "2", "--arm", "rfpp", "--t-start", "0.4", *OVERRIDES)
     assert r.exit_code == 2 and "second point 0.5" in _out(r)
     r = run(*base, "sample.t_start=1.5")
@@ -108,7 +110,8 @@ def test_png_and_zip_formats_schedule_and_heun(workdir):
     assert r.exit_code == 0, _out(r)
     assert (workdir / "results/digits/samples/rfpp/nfe3.zip").exists()
     r = run("sample", "--nfe", "2", "--solver", "heun", "--arm", "rfpp", "--num-samples", "4", *OVERRIDES)
-    assert r.exit_code == 1 and "odd" in _out(r)
+    assert r.exit_code == 2 and "odd" in _out(r)  # --nfe and --solver are sample.* overrides: the config says no
+    assert "--nfe (sample.nfe)" in r.stderr and "--solver" not in r.stderr  # the message names the keys it checks
 
 
 def test_class_labels_given_or_uniform(workdir):
@@ -193,12 +196,39 @@ def test_features_fid_sweep_and_report(workdir):
         assert (workdir / "results/digits/report" / name).stat().st_size > 0
 
 
+def test_an_option_that_stands_for_a_profile_key_is_that_override(workdir):
+    """`--solver heun` is `sample.solver=heun`, placed after the positional overrides (the option wins) and checked
+    by the configuration once, with its message naming the option; `--device` is `device`."""
+    r = run("sample", "--dry-run", "--solver", "heun", "--nfe", "3", "--t-start", "0.999", "--seed", "4",
+            "--schedule", "0.9,0.5", "--format", "zip", "--device", "cpu", "sample.solver=euler", "sample.seed=1")
+    assert r.exit_code == 0, _out(r)
+    shown = yaml.safe_load(r.output)
+    assert shown["device"] == "cpu" and {k: shown["sample"][k] for k in ("solver", "nfe", "t_start", "seed",
+                                                                         "schedule", "format")} == {
+        "solver": "heun", "nfe": [3], "t_start": 0.999, "seed": 4, "schedule": [0.9, 0.5], "format": "zip"}
+    r = run("sample", "--nfe", "1", "--arm", "rfpp", "--format", "gif", *OVERRIDES)
+    assert r.exit_code == 2 and "sample.format" in r.stderr and "--format (sample.format)" in r.stderr
+    r = run("sample", "--nfe", "1", "--arm", "rfpp", "--num-samples", "0", *OVERRIDES)
+    assert r.exit_code == 2 and "--num-samples (sample.num_samples)" in r.stderr
+    r = run("invert", "--arm", "rfpp", "--nfe", "3", "--decode-nfe", "2", "--solver", "heun", *OVERRIDES)
+    assert r.exit_code == 2 and "odd" in r.stderr and "--decode-nfe (sample.nfe)" in r.stderr
+    r = run("fid", "--dry-run", "--isc", "--inception-weights", "w.pth", "--device", "cpu")
+    shown = yaml.safe_load(r.output)
+    assert shown["eval"]["isc"] is True and shown["eval"]["inception_weights"] == "w.pth" and shown["device"] == "cpu"
+    if not torch.cuda.is_available():
+        r = run("sample", "--nfe", "1", "--arm", "rfpp", "--num-samples", "2", "--device", "cuda:1", *OVERRIDES)
+        assert r.exit_code == 2 and "CUDA is not available" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_subprocess_exit_codes_and_help(workdir):
     env_cmd = [sys.executable, "-m", "cli.main"]
     env = {"PYTHONPATH": str(ROOT), "RFPP_TRACKING": "off", "PATH": "/usr/bin:/bin"}
     helped = subprocess.run([*env_cmd, "sample", "--help"], capture_output=True, text=True, env=env, cwd=workdir)
     assert helped.returncode == 0 and "--num-shards" in helped.stdout and "--schedule" in helped.stdout
+    flat = " ".join(helped.stdout.replace("│", " ").split())
+    for key in ("sample.solver", "sample.t_start", "sample.seed", "sample.format", "sample.num_samples", "device"):
+        assert f"Sets {key}" in flat  # each option that stands for a profile key names it
     wrong = subprocess.run([*env_cmd, "sample", "--nfe", "1", "--checkpoint", "nope.pt"], capture_output=True,
                            text=True, env=env, cwd=workdir)
     assert wrong.returncode == 1 and "does not exist" in wrong.stderr

@@ -155,3 +155,25 @@ def test_wrapper_runs_a_command_on_claimed_gpus_and_holds_them(gpu_env):
     fail = subprocess.run([sys.executable, "-m", "rfpp.devices", "--gpus", "1", "--", sys.executable, "-c",
                            "import sys; sys.exit(7)"], env=gpu_env)
     assert fail.returncode == 7
+
+
+def test_resolve_device_is_the_one_reading_of_the_profiles_device():
+    """`auto` follows the machine; cpu is cpu; a CUDA device the machine lacks and a name that is no device are
+    DeviceErrors naming what to use instead (every stage, train's ranks included, goes through it)."""
+    import torch
+
+    from rfpp.devices import DeviceError, resolve_device
+
+    has_cuda = torch.cuda.is_available()
+    assert resolve_device("auto") == resolve_device(None) == torch.device("cuda" if has_cuda else "cpu")
+    assert resolve_device("cpu", local_rank=3) == torch.device("cpu")
+    with pytest.raises(DeviceError, match="auto, cpu, cuda or cuda:K"):
+        resolve_device("banana")
+    if has_cuda:
+        assert resolve_device("cuda", local_rank=0) == torch.device("cuda", 0)
+        assert resolve_device("cuda").index is None  # a single-process stage: the current device
+        with pytest.raises(DeviceError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+    else:
+        with pytest.raises(DeviceError, match="CUDA is not available"):
+            resolve_device("cuda:0")

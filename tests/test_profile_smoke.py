@@ -35,7 +35,7 @@ from rfpp.checkpoints import file_sha256, load_model
 from rfpp.eval.generate import read_samples
 from rfpp.teachers.registry import fid_ref_spec, teacher_spec
 
-PROFILES = ["cifar10", "afhq64", "ffhq64", "imagenet64"]
+PROFILES = ["imagenet64", "ffhq64", "afhq64", "cifar10"]  # the longest first (tests/conftest.py runs these first)
 
 
 def smoke_params(profile: str, teacher_url: str, reference_url: str) -> dict:
@@ -96,6 +96,7 @@ def smoke_dir(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real_profile_dag
 @pytest.mark.parametrize("profile", PROFILES)
 def test_whole_dag_of_the_real_profile_on_the_cpu(profile, smoke_dir, offline_torch_home):
     real = yaml.safe_load((ROOT / "params" / f"{profile}.yaml").read_text())

@@ -22,7 +22,7 @@ from PIL import Image
 
 import rfpp
 from rfpp.config import load_config
-from rfpp.tracking import NullRun, TrackingError, code_version, start_run, tracking_uri
+from rfpp.tracking import NullRun, TrackingError, code_version, stage_run, start_run, tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_AGENT_HINT": "1",
@@ -207,6 +207,24 @@ def test_default_uri_is_what_mlflow_ui_opens(tmp_path: Path, monkeypatch: pytest
     assert _client(expected).get_run(run.run_id).info.status == "FINISHED"
     assert (tmp_path / "mlruns").is_dir()  # where artifacts of runs logged straight to the store go
     assert list((tmp_path / "mlruns").rglob("x.png"))
+
+
+def test_stage_run_logs_the_config_and_is_a_null_run_off_rank_0(store: str, tmp_path: Path) -> None:
+    """The one helper every stage opens its run with: the run of `start_run` with the resolved configuration
+    logged (params and config.yaml); `enabled=False` (a rank other than 0) opens nothing."""
+    config = load_config("digits", ["sample.t_start=0.999"])
+    with stage_run(config, "sample", arm="rfpp") as run:
+        run.log_metrics({"straightness_nfe1": 0.5})
+    with stage_run(config, "train", arm="rfpp", enabled=False) as other:
+        assert isinstance(other, NullRun) and other.run_id is None
+    client = _client(store)
+    logged = client.get_run(run.run_id)
+    assert logged.info.status == "FINISHED" and logged.data.tags["rfpp.stage"] == "sample"
+    assert logged.data.params["sample.t_start"] == "0.999" and logged.data.metrics["straightness_nfe1"] == 0.5
+    assert {a.path for a in client.list_artifacts(run.run_id)} == {"config.yaml"}
+    siblings = client.search_runs([logged.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{logged.data.tags['mlflow.parentRunId']}'")
+    assert [r.info.run_id for r in siblings] == [run.run_id]
 
 
 def test_disabled_is_a_no_op(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,11 +5,9 @@ directory; they are marked slow (CI runs them)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
-import typing
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,6 +35,16 @@ def tiny_profile(name: str = "tiny") -> dict:
 # ------------------------------------------------------------------------------------------------ profiles
 
 
+SCHEMA = ROOT / "workflow" / "schemas" / "params.schema.json"
+
+
+def test_the_committed_schema_is_made_from_rfpp_config():
+    """params.schema.json is `python -m rfpp.config --schema`: editing a model without regenerating fails here."""
+    from rfpp.config import json_schema
+
+    assert json.loads(SCHEMA.read_text()) == json_schema(), f"regenerate: python -m rfpp.config --schema > {SCHEMA}"
+
+
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_profile_fits_the_schema_and_the_config(profile):
     from snakemake.utils import validate
@@ -44,34 +52,48 @@ def test_every_profile_fits_the_schema_and_the_config(profile):
     from rfpp.config import load_config
 
     data = yaml.safe_load((ROOT / "params" / f"{profile}.yaml").read_text())
-    validate(data, str(ROOT / "workflow" / "schemas" / "params.schema.yaml"), set_default=False)
+    validate(data, str(SCHEMA), set_default=False)
     assert load_config(profile).profile == profile  # results/<profile> matches the file name
 
 
-def test_the_schema_lists_every_config_key():
-    """The schema mirrors rfpp.config's dataclasses: same sections, same keys."""
-    from rfpp import config as cfg
-
-    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "params.schema.yaml").read_text())
-    props = schema["properties"]
-    assert set(props) == {f.name for f in dataclasses.fields(cfg.Config)}
-    hints = typing.get_type_hints(cfg.Config)
-    for name, prop in props.items():
-        if dataclasses.is_dataclass(hints[name]):
-            keys = {f.name for f in dataclasses.fields(hints[name])}
-            assert set(prop["properties"]) == keys, name
-    arm = schema["definitions"]["arm"]["properties"]
-    assert set(arm) == {f.name for f in dataclasses.fields(cfg.ArmConfig)}
-
-
-def test_the_schema_rejects_typos():
+@pytest.mark.parametrize(("key", "value"), [
+    ("train.arms.rfpp.los", "l2"),  # an unknown key
+    ("train.batch", "64"),  # a string for an integer
+    ("train.compile", 1),  # an integer for a boolean
+    ("train.lr", 1.5),  # out of range
+    ("pairs.num_shards", 0),
+    ("train.arms.rfpp.loss", "l3"),  # not one of rfpp.losses.kinds.KINDS
+    ("sample.nfe", []),
+    ("train.betas", [0.9]),
+])
+def test_the_schema_and_the_config_refuse_the_same_mistakes(tmp_path, key, value):
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
+    from rfpp.config import ConfigError, load_config
+
     data = yaml.safe_load((ROOT / "params" / "digits.yaml").read_text())
-    data["train"]["arms"]["rfpp"]["los"] = "l2"
+    *sections, last = key.split(".")
+    node = data
+    for part in sections:
+        node = node.setdefault(part, {})
+    node[last] = value
     with pytest.raises(WorkflowError):
-        validate(data, str(ROOT / "workflow" / "schemas" / "params.schema.yaml"), set_default=False)
+        validate(data, str(SCHEMA), set_default=False)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_config(str(path))
+
+
+def test_the_schema_takes_a_float_written_as_yaml_reads_1e_4():
+    """YAML reads `1e-4` as a string; rfpp.config takes it as a number, and so does the schema."""
+    from snakemake.utils import validate
+
+    data = yaml.safe_load((ROOT / "params" / "digits.yaml").read_text())
+    data["train"]["lr"] = yaml.safe_load("1e-4")
+    assert data["train"]["lr"] == "1e-4"
+    validate(data, str(SCHEMA), set_default=False)
 
 
 def test_the_ladder_climbs_one_change_at_a_time():
@@ -124,7 +146,7 @@ def test_multi_gpu_training_claims_its_gpus_and_runs_torchrun(tmp_path):
         assert job["shell"].startswith(f"python -m rfpp.devices --gpus 4 -- torchrun --standalone --nproc_per_node 4 "
                                        f"-m cli.main train --profile {path} --arm ")
     resumed = [j for j in dry_run_jobs("--config", f"params={path}", "resume=true") if j["rule"] == "train"]
-    assert all(j["shell"].endswith("--resume --no-progress") for j in resumed)
+    assert all(" --resume --no-progress 2>&1 | tee " in j["shell"] for j in resumed)
 
 
 def test_a_params_path_with_a_space_is_quoted_in_every_command(tmp_path):
@@ -199,35 +221,81 @@ def dvc_stages(repo_dir: Path = ROOT) -> dict[str, dict]:
     return out
 
 
-def test_snakefile_and_dvc_yaml_describe_the_same_dag():
-    """Same commands; for each, the same outputs and the same inputs (a DVC directory dependency stands for
-    the files under it that other stages make)."""
-    smk = {j["shell"]: j for j in dry_run_jobs("--config", "profile=digits") if j["rule"] != "all"}
-    dvc = {s["cmd"]: (name, s) for name, s in dvc_stages().items()}
-    assert set(smk) == set(dvc), f"only Snakemake: {set(smk) - set(dvc)}; only DVC: {set(dvc) - set(smk)}"
-    for cmd, job in smk.items():
-        name, stage = dvc[cmd]
-        assert sorted(job["output"]) == stage["outs"], name
-        covered = {i: [d for d in stage["deps"] if i == d or i.startswith(d + "/")] for i in job["input"]}
-        assert all(covered.values()), f"{name}: inputs without a DVC dependency: {covered}"
-        assert {d for ds in covered.values() for d in ds} == set(stage["deps"]), name
-        assert name.split("@")[0] == job["rule"]
-    fids = sorted(o for s in dvc_stages().values() for o in s["metrics"])
-    assert fids == sorted(o for j in smk.values() if j["rule"] == "fid" for o in j["output"])
+def snakemake_jobs(*config: str, cwd: Path = ROOT) -> set[tuple]:
+    """Every job of Snakemake's dry run as (rule, command without the log's tee, inputs, outputs)."""
+    out = set()
+    for job in dry_run_jobs("--config", *config, cwd=cwd):
+        if job["rule"] != "all":
+            command = re.sub(r" 2>&1 \| tee \S+$", "", job["shell"])
+            out.add((job["rule"], command, tuple(sorted(job["input"])), tuple(sorted(job["output"]))))
+    return out
 
 
-def test_dvc_params_match_the_rules_sections():
-    """Each DVC stage's params are the profile sections its Snakemake rule re-runs on (`section(stage)`), which are
-    the sections its outputs' fingerprints hold (rfpp.provenance.STAGE_SECTIONS)."""
-    from rfpp.provenance import STAGE_SECTIONS
+def dvc_jobs(work: Path) -> set[tuple]:
+    """Every job of dvc.yaml, resolved by DVC, as (stage, command, deps, outs incl. metrics)."""
+    return {(name.split("@")[0], s["cmd"], tuple(s["deps"]), tuple(s["outs"])) for name, s in dvc_stages(work).items()}
 
+
+@pytest.fixture(scope="module")
+def profiles_project(tmp_path_factory) -> Path:
+    """A DVC project holding the workflow and every profile of params/."""
+    work = make_workspace(tmp_path_factory.mktemp("profiles"),
+                          {p: yaml.safe_load((ROOT / "params" / f"{p}.yaml").read_text()) for p in PROFILES})
+    _run([DVC, "init", "--no-scm", "-q"], cwd=work)
+    return work
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_snakemake_and_dvc_make_the_same_jobs_for_every_profile(profile, profiles_project):
+    """`rfpp dvc --profile P` writes the dvc.yaml whose jobs (stage, arm, NFE, shard) are Snakemake's for P, with
+    the same commands, inputs and outputs; both come from rfpp.dag."""
+    work = profiles_project
+    _run(["rfpp", "dvc", "--profile", profile], cwd=work)
+    smk, dvc = snakemake_jobs(f"profile={profile}", cwd=work), dvc_jobs(work)
+    assert smk == dvc, f"only Snakemake: {sorted(smk - dvc)}\nonly DVC: {sorted(dvc - smk)}"
+    params = yaml.safe_load((work / "params" / f"{profile}.yaml").read_text())
+    shards = [j for j in dvc if j[0] == "pairs_shard"]
+    assert len(shards) == params["pairs"]["num_shards"]  # e.g. cifar10's shards, no list kept by hand
+    assert len([j for j in dvc if j[0] == "fid"]) == len(params["train"]["arms"]) * len(params["sample"]["nfe"])
+
+
+def test_resume_means_the_same_in_both(tmp_path):
+    """`snakemake --config resume=true` and `rfpp dvc --resume` both make training continue (--resume); without
+    it both start over (--restart)."""
+    work = make_workspace(tmp_path, {"tiny": tiny_profile()})
+    _run([DVC, "init", "--no-scm", "-q"], cwd=work)
+    for resume, flag in ((False, "--restart"), (True, "--resume")):
+        _run(["rfpp", "dvc", "--profile", "tiny", *(["--resume"] if resume else [])], cwd=work)
+        smk = snakemake_jobs("profile=tiny", *(["resume=true"] if resume else []), cwd=work)
+        assert smk == dvc_jobs(work)
+        train = [j[1] for j in smk if j[0] == "train"]
+        assert len(train) == 2 and all(f" {flag} " in cmd for cmd in train), train
+
+
+def test_the_committed_dvc_yaml_is_the_digits_pipeline(tmp_path):
+    """dvc.yaml in the repository is what `rfpp dvc --profile digits` writes (nobody edited it by hand, and the
+    description did not change without it)."""
+    _run(["rfpp", "dvc", "--profile", "digits", "--out", str(tmp_path / "dvc.yaml")])
+    assert (tmp_path / "dvc.yaml").read_text() == (ROOT / "dvc.yaml").read_text(), "run `rfpp dvc --profile digits`"
+
+
+def test_each_rule_reruns_on_its_stage_sections():
+    """Each rule's params are the profile sections of its own stage (rfpp.dag → rfpp.provenance.STAGE_SECTIONS),
+    the ones its DVC stage lists and its outputs' fingerprints hold."""
     text = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
-    rule_sections = {m.group(1): sorted(STAGE_SECTIONS[m.group(2)]) for m in
-                     re.finditer(r'^rule (\w+):.*?sections=section\("(\w+)"\)', text, re.S | re.M)}
-    assert set(rule_sections) == {"teacher", "features", "pairs_shard", "pairs", "train", "sample", "fid"}
-    for name, stage in dvc_stages().items():
-        rule = name.split("@")[0]
-        assert sorted(stage["params"].get("params/digits.yaml", [])) == rule_sections.get(rule, []), name
+    rules = re.findall(r'^\s*rule (\w+):.*?(?=^\s*rule |\Z)', text, re.S | re.M)
+    assert sorted(rules) == sorted(["teacher", "features", "pairs_shard", "pairs", "train", "sample", "fid",
+                                    "report"])
+    for block in re.split(r"(?m)^\s*rule ", text)[1:]:
+        name = block.split(":", 1)[0]
+        assert f'STAGES["{name}"]' in block and "log:" in block, name
+        if name != "report":
+            assert f'sections=section("{name}")' in block, name
+
+
+def test_snakemake_lint_is_clean():
+    out = _run([SNAKEMAKE, "--lint", "--config", "profile=digits"])
+    assert "Congratulations, your workflow is in a good condition!" in out, out
 
 
 # ------------------------------------------------------------------------------------------ real runs
@@ -264,10 +332,9 @@ GIT = ["git", "-c", "user.name=rfpp", "-c", "user.email=rfpp@localhost"]
 
 
 def _dvc_workspace(tmp_path: Path, gitignore: str) -> Path:
-    """A git + DVC repository holding the workflow, with dvc.yaml pointed at the tiny profile."""
+    """A git + DVC repository holding the workflow, with dvc.yaml written for the tiny profile."""
     work = _workspace(tmp_path)
-    text = (work / "dvc.yaml").read_text()
-    (work / "dvc.yaml").write_text(text.replace("  - params/digits.yaml\n", "  - params/tiny.yaml\n"))
+    _run(["rfpp", "dvc", "--profile", "tiny"], cwd=work)
     (work / ".gitignore").write_text(gitignore)
     _run(["git", "init", "-q"], cwd=work)
     _run([DVC, "init", "-q"], cwd=work)

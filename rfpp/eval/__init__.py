@@ -5,24 +5,15 @@
 - `rfpp.eval.generate`: `load_student`, `generate`, `write_samples`, `read_samples`, `merge_shards`,
   `invert_and_decode`.
 - `rfpp.eval.fid`: `feature_net_spec`, `evaluate_images`, `check_comparable` (imports torch-fidelity).
+- the stages the CLI calls: `rfpp.eval.stage` (`run_sample`, `run_inversion`, `run_fid`, `run_report`) and
+  `rfpp.eval.features_stage` (`run_features`).
 """
 
-from rfpp.eval.digits_classifier import (
-    NAME as DIGITS_CLASSIFIER,
-)
-from rfpp.eval.digits_classifier import (
-    STAND_IN_NOTE,
-    DigitsClassifier,
-    load_feature_net,
-    save_feature_net,
-    train_classifier,
-)
+import lazy_loader
 
-__all__ = [
-    "DIGITS_CLASSIFIER",
-    "STAND_IN_NOTE",
-    "DigitsClassifier",
-    "load_feature_net",
-    "save_feature_net",
-    "train_classifier",
-]
+_IMPORTS = {
+    "digits_classifier": ["STAND_IN_NOTE", "DigitsClassifier", "load_feature_net", "save_feature_net",
+                          "train_classifier"],
+}
+# Submodules load on first use (lazy_loader): rfpp.eval.kinds, read by rfpp.config, loads without torch.
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs=_IMPORTS)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +25,18 @@ import numpy as np
 import torch
 
 from rfpp.checkpoints import CheckpointError, file_sha256, load_model
+from rfpp.eval.kinds import FORMATS
 from rfpp.images import atomic_write, from_uint8, save_grid, save_png_folder, to_uint8
 from rfpp.pairs.noise import NOISE_RECIPE, make_labels, make_noise
 from rfpp.provenance import fingerprint
 from rfpp.sampling import invert, sample, straightness_per_sample
-from rfpp.sampling.grids import T_START
+from rfpp.sampling.grids import nfe_for_steps
 
-FORMATS = ("npz", "png", "zip")
 FINGERPRINT_FORMAT = "rfpp.samples/1"  # of a sample set's fingerprint (`sample_meta`)
 
 
 class SamplesError(ValueError):
     """A sample file that is missing, malformed, or inconsistent with its shards."""
-
-
-def resolve_device(spec: str | None) -> torch.device:
-    """'auto' → cuda when available, else cpu; otherwise torch.device(spec), checked."""
-    if spec in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} asked for, but CUDA is not available on this machine")
-    return device
 
 
 def parse_numbers(text: str | None, kind: type = float, what: str = "list") -> list | None:
@@ -110,21 +100,38 @@ def load_student(path: str | Path, config: Any | None = None) -> tuple[torch.nn.
 # --------------------------------------------------------------------------------------------- sampling
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingSpec:
-    """Everything that decides the samples (recorded in the sample file's meta)."""
+    """Everything that decides the samples of one sample set (its fingerprint, recorded in the sample file's meta).
+
+    Made from the profile's `sample` section by `of` (its defaults and checks are rfpp.config's); `nfe` None
+    means the user grid `schedule`; `extra` is recorded as is (and is part of the fingerprint)."""
 
     nfe: int | None
-    solver: str = "euler"
-    update: str = "new"
-    schedule: list[float] | None = None
-    t_start: float = T_START
-    seed: int = 0
-    num_samples: int = 1000
-    batch: int = 250
-    class_labels: list[int] | None = None
-    straightness_samples: int = 256
-    extra: dict[str, Any] = field(default_factory=dict)
+    solver: str
+    update: str
+    schedule: list[float] | None
+    t_start: float
+    seed: int
+    num_samples: int
+    batch: int
+    class_labels: list[int] | None
+    straightness_samples: int
+    extra: dict[str, Any]
+
+    @classmethod
+    def of(cls, sample: Any, nfe: int | None, class_labels: list[int] | None = None) -> SamplingSpec:
+        """The spec of NFE `nfe` (None: `sample.schedule`) from a profile's `sample` section."""
+        return cls(nfe=nfe, solver=sample.solver, update=sample.update, schedule=sample.schedule,
+                   t_start=sample.t_start, seed=sample.seed, num_samples=sample.num_samples, batch=sample.batch,
+                   class_labels=class_labels, straightness_samples=sample.straightness_samples, extra={})
+
+    @property
+    def network_evaluations(self) -> int:
+        """The NFE of the set: `nfe`, or what the user grid costs (Heun: 2 per step but 1 on the last)."""
+        if self.nfe is not None:
+            return self.nfe
+        return nfe_for_steps(len(self.schedule) - (self.schedule[-1] == 0), self.solver)
 
 
 def shard_indices(num_samples: int, shard: int = 0, num_shards: int = 1) -> range:
@@ -331,12 +338,11 @@ def sample_meta(spec: SamplingSpec, info: dict[str, Any], checkpoint: str | Path
 
 @torch.no_grad()
 def invert_and_decode(velocity: torch.nn.Module, images: torch.Tensor, source_labels: torch.Tensor | None,
-                      target_labels: torch.Tensor | None, invert_nfe: int, decode_nfe: int, solver: str = "euler",
-                      update: str = "new", device: torch.device | None = None,
-                      t_start: float = T_START) -> tuple[torch.Tensor, torch.Tensor]:
+                      target_labels: torch.Tensor | None, invert_nfe: int, decode_nfe: int, solver: str,
+                      update: str, device: torch.device | None, t_start: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Images in [−1, 1] → noise (inversion in `invert_nfe` steps with `source_labels`) → images decoded in
     `decode_nfe` steps from t₀ = `t_start` with `target_labels` (the same class: reconstruction; another:
-    translation)."""
+    translation). The settings are the profile's (sample.solver, sample.update, sample.t_start)."""
     device = device or torch.device("cpu")
     velocity = velocity.to(device).eval()
     x = images.to(device)

@@ -6,37 +6,23 @@ Training entry point: `ReflowLoss(kind, perceptual=None, huber_c_mode="reference
 lpips, t)` combines precomputed terms.
 """
 
-from rfpp.losses.perceptual import (
-    LPIPS,
-    VGG16_WEIGHTS_URL,
-    FeatureLPIPS,
-    FeatureNet,
-    PerceptualWeightsNotFoundError,
-    VGG16Features,
-    load_lpips_linear_weights,
-    load_vgg16_state_dict,
-    vgg16_cache_path,
-)
-from rfpp.losses.pointwise import HUBER_C_MODES, huber_c, l2, l2_squared, pseudo_huber
-from rfpp.losses.reflow import KINDS, PERCEPTUAL_KINDS, ReflowLoss, combine
+import lazy_loader
 
-__all__ = [
-    "HUBER_C_MODES",
-    "KINDS",
-    "LPIPS",
-    "PERCEPTUAL_KINDS",
-    "VGG16_WEIGHTS_URL",
-    "FeatureLPIPS",
-    "FeatureNet",
-    "PerceptualWeightsNotFoundError",
-    "ReflowLoss",
-    "VGG16Features",
-    "combine",
-    "huber_c",
-    "l2",
-    "l2_squared",
-    "load_lpips_linear_weights",
-    "load_vgg16_state_dict",
-    "pseudo_huber",
-    "vgg16_cache_path",
-]
+_IMPORTS = {
+    "perceptual": (
+        "LPIPS",
+        "VGG16_WEIGHTS_URL",
+        "FeatureLPIPS",
+        "FeatureNet",
+        "PerceptualWeightsNotFoundError",
+        "VGG16Features",
+        "load_lpips_linear_weights",
+        "load_vgg16_state_dict",
+        "vgg16_cache_path",
+    ),
+    "pointwise": ("HUBER_C_MODES", "huber_c", "l2", "l2_squared", "pseudo_huber"),
+    "reflow": ("KINDS", "PERCEPTUAL_KINDS", "ReflowLoss", "combine"),
+    "kinds": ("PERCEPTUAL_NETS",),
+}
+# Submodules load on first use (lazy_loader): rfpp.losses.kinds, read by rfpp.config, loads without torch.
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs=_IMPORTS)

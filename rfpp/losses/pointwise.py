@@ -11,8 +11,9 @@ import math
 
 import torch
 
+from rfpp.losses.kinds import HUBER_C_MODES
+
 HUBER_C_FACTOR = 0.00054
-HUBER_C_MODES = ("reference", "ict")
 
 
 def check_same_shape(pred: torch.Tensor, target: torch.Tensor, names: tuple[str, str] = ("pred", "target")) -> None:

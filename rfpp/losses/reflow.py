@@ -16,11 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rfpp.losses.pointwise import HUBER_C_MODES, check_same_shape, l2, l2_squared, pseudo_huber
-
-KINDS = ("l2", "l2-squared", "pseudo-huber", "lpips", "lpips-huber", "lpips-huber-1/t")
-PERCEPTUAL_KINDS = ("lpips", "lpips-huber", "lpips-huber-1/t")
-HUBER_KINDS = ("pseudo-huber", "lpips-huber", "lpips-huber-1/t")
+from rfpp.losses.kinds import HUBER_C_MODES, HUBER_KINDS, KINDS, PERCEPTUAL_KINDS
+from rfpp.losses.pointwise import check_same_shape, l2, l2_squared, pseudo_huber
 
 
 def _check_kind(kind: str) -> None:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import torch
 
 from rfpp.nets import EDMDenoiser, EDMVelocity
+from rfpp.pairs.kinds import DTYPES as DTYPE_NAMES
+from rfpp.pairs.kinds import SAMPLERS
 from rfpp.pairs.shards import TeacherFn
 from rfpp.sampling import edm_heun, sample
 
-SAMPLERS = ("edm_heun", "rf_heun", "rf_euler")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def nfe_of(sampler: str, steps: int) -> int:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from rfpp import paths
 from rfpp.atomic import atomic_write, write_json
 from rfpp.checkpoints import file_sha256
 from rfpp.images import to_uint8
@@ -100,9 +101,9 @@ def spec_fingerprint(spec: PairSpec) -> dict[str, Any]:
 
 
 def shard_files(out_dir: str | Path, shard: int) -> dict[str, Path]:
+    """rfpp.paths' shard files, plus the folder of its finished chunks ("parts") and its lock."""
     out_dir = Path(out_dir)
-    return {"images": out_dir / f"shard-{shard}.images.npy", "labels": out_dir / f"shard-{shard}.labels.npy",
-            "record": out_dir / f"shard-{shard}.json", "parts": out_dir / f"shard-{shard}.parts",
+    return {**paths.shard_files(out_dir, shard), "parts": out_dir / f"shard-{shard}.parts",
             "lock": out_dir / f".shard-{shard}.lock"}
 
 

@@ -20,6 +20,7 @@ import torch
 from rfpp.atomic import write_text
 from rfpp.checkpoints import file_sha256, load_model
 from rfpp.config import Config
+from rfpp.devices import resolve_device
 from rfpp.images import to_uint8
 from rfpp.pairs.generator import nfe_of, teacher_function
 from rfpp.pairs.manifest import finalize
@@ -27,8 +28,7 @@ from rfpp.pairs.noise import make_labels, make_noise
 from rfpp.pairs.shards import FINGERPRINT_FORMAT, PairSpec, generate_shard
 from rfpp.paths import ProfilePaths
 from rfpp.provenance import fingerprint, stage_settings
-from rfpp.teachers.stage import pick_device
-from rfpp.tracking import start_run
+from rfpp.tracking import stage_run
 
 
 def pair_spec(config: Config, velocity, num_shards: int | None = None) -> PairSpec:
@@ -57,11 +57,11 @@ def run_shard(config: Config, shard: int, num_shards: int | None = None, paths: 
               progress: bool = True) -> dict:
     """Make one shard (resuming its finished chunks); returns the shard's record."""
     paths = paths or ProfilePaths.of(config.profile)
-    device = pick_device(config.device)
+    device = resolve_device(config.device)
     velocity, info, fn = _teacher(config, paths, device)
     spec = pair_spec(config, velocity, num_shards)
     fp = pairs_fingerprint(config, info["tensors_sha256"], spec.num_shards)
-    with start_run(config, stage="pairs", run_name=f"pairs-shard-{shard}") as run:
+    with stage_run(config, "pairs", run_name=f"pairs-shard-{shard}") as run:
         record = generate_shard(paths.pairs_dir, spec, shard, fn, device=device, progress=progress, fingerprint=fp,
                                 teacher_file=paths.teacher)
         seconds = record.get("seconds", {})
@@ -107,7 +107,7 @@ def run_finalize(config: Config, num_shards: int | None = None, paths: ProfilePa
              "sampler": {"name": config.pairs.sampler, "steps": config.pairs.steps,
                          "nfe": nfe_of(config.pairs.sampler, config.pairs.steps), "dtype": config.pairs.dtype}}
     if config.pairs.dtype != "float32":
-        extra["precision_check"] = precision_check(config, paths, pick_device(config.device))
+        extra["precision_check"] = precision_check(config, paths, resolve_device(config.device))
     manifest = finalize(paths.pairs_dir, spec, extra, fingerprint=fp)
     write_text(paths.pairs_dir / "config.yaml", config.to_yaml())
     return manifest

@@ -3,49 +3,33 @@
 RF time t = 1 is noise, t = 0 data (docs/conventions.md, "Sampling and NFE"); EDM's sampler works in σ.
 """
 
-from rfpp.sampling.edm import edm_heun
-from rfpp.sampling.grids import (
-    SOLVERS,
-    default_grid,
-    edm_sigma_steps,
-    inversion_grid,
-    nfe_for_steps,
-    steps_for_nfe,
-    user_grid,
-)
-from rfpp.sampling.ode import (
-    SOLVER_STEPS,
-    UPDATE_RULES,
-    decode,
-    default_update,
-    euler_step,
-    heun_step,
-    integrate,
-    invert,
-    new_update,
-    sample,
-)
-from rfpp.sampling.straightness import straightness, straightness_per_sample
+import lazy_loader
 
-__all__ = [
-    "SOLVERS",
-    "SOLVER_STEPS",
-    "UPDATE_RULES",
-    "decode",
-    "default_grid",
-    "default_update",
-    "edm_heun",
-    "edm_sigma_steps",
-    "euler_step",
-    "heun_step",
-    "integrate",
-    "invert",
-    "inversion_grid",
-    "new_update",
-    "nfe_for_steps",
-    "sample",
-    "steps_for_nfe",
-    "straightness",
-    "straightness_per_sample",
-    "user_grid",
-]
+_IMPORTS = {
+    "edm": ("edm_heun",),
+    "grids": (
+        "SOLVERS",
+        "default_grid",
+        "edm_sigma_steps",
+        "inversion_grid",
+        "nfe_for_steps",
+        "steps_for_nfe",
+        "user_grid",
+    ),
+    "ode": (
+        "SOLVER_STEPS",
+        "UPDATE_RULES",
+        "decode",
+        "default_update",
+        "euler_step",
+        "heun_step",
+        "integrate",
+        "invert",
+        "new_update",
+        "sample",
+    ),
+    "straightness": ("straightness", "straightness_per_sample"),
+    "kinds": ("UPDATES",),
+}
+# Submodules load on first use (lazy_loader): rfpp.sampling.kinds, read by rfpp.config, loads without torch.
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs=_IMPORTS)

@@ -29,6 +29,7 @@ from rfpp.sampling.grids import (
     steps_for_nfe,
     user_grid,
 )
+from rfpp.sampling.kinds import UPDATES
 
 Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 UpdateRule = Callable[[torch.Tensor, torch.Tensor, float, float, torch.Tensor], torch.Tensor]
@@ -45,6 +46,7 @@ def new_update(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float, start:
 
 
 UPDATE_RULES: dict[str, UpdateRule] = {"default": default_update, "new": new_update}
+assert tuple(UPDATE_RULES) == UPDATES
 
 
 def _times(t: float, like: torch.Tensor) -> torch.Tensor:

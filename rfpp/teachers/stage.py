@@ -25,6 +25,7 @@ import torch
 from rfpp.atomic import write_json, write_text
 from rfpp.checkpoints import CheckpointError, file_sha256, load_model, save_model
 from rfpp.config import Config
+from rfpp.devices import resolve_device
 from rfpp.images import save_grid
 from rfpp.nets import EDMDenoiser, EDMVelocity
 from rfpp.paths import ProfilePaths
@@ -32,16 +33,9 @@ from rfpp.provenance import difference, fingerprint, kept, output_lock, stage_se
 from rfpp.sampling import sample
 from rfpp.teachers.edm import TeacherLoadError, load_edm_snapshot, load_state_dict_teacher
 from rfpp.teachers.rectified_flow import train_rectified_flow
-from rfpp.tracking import start_run
+from rfpp.tracking import stage_run
 
 TEACHER_FORMAT = "rfpp.teacher/1"
-
-
-def pick_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _write_config(config: Config, folder: Path) -> None:
@@ -91,10 +85,9 @@ def run_teacher_stage(config: Config, paths: ProfilePaths | None = None, progres
 
 
 def _make_teacher(config: Config, paths: ProfilePaths, expected: dict, progress: bool) -> None:
-    device = pick_device(config.device)
+    device = resolve_device(config.device)
     tc = config.teacher
-    with start_run(config, stage="teacher") as run:
-        run.log_config(config)
+    with stage_run(config, "teacher") as run:
         if tc.source == "train":
             from rfpp.data import open_dataset
 

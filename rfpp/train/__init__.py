@@ -5,12 +5,14 @@ Modules: `loop` (the training loop and one optimisation step), `data` (the deter
 `dist` (processes, devices, counter-based seeds), `monitor` (straightness, sample grids, timestep histogram).
 """
 
-from rfpp.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
-from rfpp.train.data import InfiniteSampler
-from rfpp.train.dist import DistEnv, setup, teardown
-from rfpp.train.loop import NonFiniteLossError, ResumeError, StepRunner, TrainResult, train_arm
-from rfpp.train.setup import EMA, TrainSetupError, build_loss, build_perceptual, build_student, lr_at
+import lazy_loader
 
-__all__ = ["EMA", "DistEnv", "InfiniteSampler", "NonFiniteLossError", "ResumeError", "StepRunner", "TrainResult",
-           "TrainSetupError", "build_loss", "build_perceptual", "build_student", "latest_checkpoint",
-           "list_checkpoints", "lr_at", "read_checkpoint", "setup", "teardown", "train_arm"]
+_IMPORTS = {
+    "checkpoint": ("latest_checkpoint", "list_checkpoints", "read_checkpoint"),
+    "data": ("InfiniteSampler",),
+    "dist": ("DistEnv", "setup", "teardown"),
+    "loop": ("NonFiniteLossError", "ResumeError", "StepRunner", "TrainResult", "train_arm"),
+    "setup": ("EMA", "TrainSetupError", "build_loss", "build_perceptual", "build_student", "lr_at"),
+}
+# Submodules load on first use (lazy_loader): rfpp.train.kinds, read by rfpp.config, loads without torch.
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs=_IMPORTS)

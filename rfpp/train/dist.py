@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from rfpp.devices import resolve_device
 from rfpp.pairs.noise import noise_seed
 
 STREAM_DROPOUT = 0
@@ -42,25 +43,12 @@ class DistEnv:
         return self.world > 1
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """config.device ("auto", "cpu", "cuda", "cuda:1") -> torch.device; "auto" picks CUDA when there is one."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} was asked for, but no CUDA device is available")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
-
-
 def setup(device_name: str = "auto") -> DistEnv:
     """Read torchrun's variables, pick the device, and join the process group when WORLD_SIZE > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local_rank)
+    device = resolve_device(device_name, local_rank)  # DeviceError: the CLI's exit 2
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():

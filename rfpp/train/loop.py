@@ -49,7 +49,7 @@ from rfpp.pairs.manifest import versions
 from rfpp.paths import ProfilePaths
 from rfpp.provenance import difference, fingerprint, output_lock, stage_settings
 from rfpp.timesteps import sample_timesteps
-from rfpp.tracking import NullRun, start_run
+from rfpp.tracking import stage_run
 from rfpp.train import dist as rdist
 from rfpp.train.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint, state_checksum
 from rfpp.train.data import make_loader
@@ -398,7 +398,7 @@ def _train_arm(config: Config, arm: str, paths: ProfilePaths, env: rdist.DistEnv
         write_text(out_dir / "config.yaml", config.to_yaml())
     result = TrainResult(arm=arm, step=start, finished=False, resumed_from=ckpt["step"] if ckpt else None)
     last_ckpt: Path | None = Path(ckpt["path"]) if ckpt else None
-    tracker = start_run(config, stage="train", arm=arm) if env.is_main else contextlib.nullcontext(NullRun())
+    tracker = stage_run(config, "train", arm=arm, enabled=env.is_main)  # rank 0 alone logs
 
     def checkpoint(step: int, metrics: dict[str, float]) -> Path | None:
         states = rdist.gather_objects(env, {"rng": rdist.rng_state(device), "sum": weights_checksum(student)})
@@ -436,7 +436,6 @@ def _train_arm(config: Config, arm: str, paths: ProfilePaths, env: rdist.DistEnv
 
     with tracker as run:
         if env.is_main:
-            run.log_config(config)
             run.set_tags({"rfpp.loss": _describe(loss_fn), "rfpp.resumed_from": result.resumed_from,
                           "rfpp.world_size": env.world, "rfpp.accumulation": accum})
         bar = tqdm(total=end, initial=start, desc=f"train {arm}", unit="step", disable=not (progress and env.is_main),

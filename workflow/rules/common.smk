@@ -1,63 +1,41 @@
-# The profile and its parameters. Rules read PARAMS only to name their outputs (arms, NFEs, shards), to
-# declare resources and to know which optional stages exist; everything else is the `rfpp` command's job.
+# The profile and the pipeline's one description (rfpp.dag): each rule of workflow/rules/*.smk takes its input,
+# output, log, command and GPU count from its stage there; `rfpp dvc` writes dvc.yaml from the same list.
 import json
 import os
-import shlex
 
-import yaml
-from snakemake.utils import validate
-
+from rfpp.config import ConfigError, load_config
+from rfpp.dag import pipeline
 from rfpp.lifeline import ENV_PARENT, anchor_value
-from rfpp.provenance import STAGE_SECTIONS
+from rfpp.paths import ProfilePaths
+from rfpp.provenance import stage_settings
 
 # Every job's `rfpp` watches this process and stops when it is gone (kill -9 included): no orphan trains on.
 os.environ[ENV_PARENT] = anchor_value()
 
-PROFILE = str(config.get("profile", "digits"))
-PARAMS_FILE = str(config.get("params", f"params/{PROFILE}.yaml"))
-with open(PARAMS_FILE) as _handle:
-    PARAMS = yaml.safe_load(_handle)
-validate(PARAMS, "../schemas/params.schema.yaml", set_default=False)
+PARAMS_FILE = str(config.get("params", f"params/{config.get('profile', 'digits')}.yaml"))
+try:
+    CFG = load_config(PARAMS_FILE)  # the profile, validated, with rfpp's defaults filled in
+except ConfigError as _err:
+    from snakemake.exceptions import WorkflowError
 
-RESULTS = f"results/{PARAMS['profile']}"
-RFPP = f"--profile {shlex.quote(PARAMS_FILE)}"  # every rule's `rfpp <stage> {RFPP} …` (quoted: paths with spaces)
-ARMS = list(PARAMS["train"]["arms"])
-NFES = [int(k) for k in PARAMS["sample"]["nfe"]]
-NUM_SHARDS = int(PARAMS["pairs"]["num_shards"])
-TRAIN_GPUS = int(PARAMS["train"].get("gpus", 1))
+    raise WorkflowError(f"{PARAMS_FILE}: {_err}") from None
 # `--config resume=true`: training continues from an arm's checkpoints (after a crash or a time limit)
 # instead of starting over; the settings must then be the ones the checkpoints were made with.
-TRAIN_MODE = "--resume" if str(config.get("resume", "false")).lower() in ("1", "true", "yes") else "--restart"
-
-# The digits classifier (`rfpp features`) serves as perceptual network and/or FID feature network.
-PERCEPTUAL_FEATURES = PARAMS["train"].get("perceptual") == "digits-classifier"
-FID_FEATURES = PARAMS.get("eval", {}).get("feature_net") == "digits-classifier"
-FEATURES = f"{RESULTS}/features/classifier.pt"
-
-TEACHER = f"{RESULTS}/teacher/teacher.pt"
-SHARD_RECORD = f"{RESULTS}/pairs/shard-{{shard}}.json"
-SHARD_FILES = [f"{RESULTS}/pairs/shard-{{shard}}.{part}.npy" for part in ("images", "labels")]
-MANIFEST = f"{RESULTS}/pairs/manifest.json"
-STUDENT = f"{RESULTS}/train/{{arm}}/final.pt"
-SAMPLES = f"{RESULTS}/samples/{{arm}}/nfe{{nfe}}"
-FID = f"{RESULTS}/fid/{{arm}}-nfe{{nfe}}.json"
-REPORT = f"{RESULTS}/report.md"
+RESUME = str(config.get("resume", "false")).lower() in ("1", "true", "yes")
+STAGES = {stage.name: stage for stage in pipeline(CFG, PARAMS_FILE, resume=RESUME)}
+PATHS = ProfilePaths.of(CFG.profile)
+TRAIN_GPUS = CFG.train.gpus
 
 
-def section(stage):
-    """The profile sections a stage depends on (rfpp.provenance.STAGE_SECTIONS, the same list its outputs'
-    fingerprints use), as one string: a change re-runs the rule (rerun trigger 'params'), as DVC's `params:` does."""
-    def lookup(dotted):
-        node = PARAMS
-        for part in dotted.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        return node
-
-    return json.dumps({name: lookup(name) for name in STAGE_SECTIONS[stage]}, sort_keys=True)
+def section(rule):
+    """The resolved profile sections a rule's stage depends on (rfpp.provenance.STAGE_SECTIONS, the ones its outputs'
+    fingerprints hold and its DVC stage's `params:` lists), as one string: a change re-runs the rule (rerun trigger
+    'params'), as DVC's `params:` does."""
+    return json.dumps(stage_settings(CFG, STAGES[rule].sections), sort_keys=True)
 
 
 wildcard_constraints:
-    arm="|".join(re.escape(arm) for arm in ARMS),
+    arm="|".join(re.escape(arm) for arm in CFG.train.arms),
     nfe=r"\d+",
     shard=r"\d+",
 
@@ -80,8 +58,6 @@ def _site_error(message: str) -> Exception:
 
 
 if SITE is not None:
-    from rfpp.config import load_config
-
     if not isinstance(SITE, dict) or set(SITE) != SITE_KEYS:
         _known = set(SITE) if isinstance(SITE, dict) else set()
         raise _site_error(f"`slurm:` must have exactly the keys {sorted(SITE_KEYS)}; missing "
@@ -89,7 +65,6 @@ if SITE is not None:
     if SITE["gpu_request"] not in ("gpus", "gres", "none") or SITE["status_command"] not in ("squeue", "sacct"):
         raise _site_error(f"gpu_request must be gpus, gres or none (got {SITE['gpu_request']!r}) and "
                           f"status_command squeue or sacct (got {SITE['status_command']!r})")
-    CFG = load_config(PARAMS_FILE)  # the profile with rfpp's defaults filled in
     # A GPU stage asks for GPUs when the site has them, unless the profile computes on CPUs: `device: cpu`, or
     # `device: auto` on the digits data (networks that two CPU cores train in minutes).
     ON_GPUS = SITE["gpu_request"] != "none" and (CFG.device.startswith("cuda") or
@@ -101,7 +76,7 @@ if SITE is not None:
         raise _site_error(f"{PARAMS_FILE} sets train.gpus: {TRAIN_GPUS}, more than max_gpus: {SITE['max_gpus']} "
                           f"of one node; lower train.gpus, or train across nodes by hand (docs/workflow.md, Slurm)")
     if not ON_GPUS:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # jobs that asked for no GPU use none, even on a GPU node
+        os.environ.update(CUDA_VISIBLE_DEVICES="")  # jobs that asked for no GPU use none, even on a GPU node
 
 
 def _memory_mb(stage: str, gpus: int, light: bool) -> int:
@@ -111,7 +86,7 @@ def _memory_mb(stage: str, gpus: int, light: bool) -> int:
     net, side = CFG.teacher.net, CFG.data.resolution
     image = net.get("in_channels", 3) * side * side * 4  # one float32 image (EDM snapshots: RGB)
     maps = net.get("model_channels", 128) * max(net.get("channel_mult", [2])) * side * side * 4 * 40
-    held = {"pairs_shard": -(-CFG.pairs.count // NUM_SHARDS),
+    held = {"pairs_shard": -(-CFG.pairs.count // CFG.pairs.num_shards),
             "sample": CFG.sample.num_samples, "fid": CFG.sample.num_samples + CFG.eval.num_samples}
     batch = {"teacher": CFG.teacher.batch, "pairs_shard": CFG.pairs.batch, "sample": CFG.sample.batch,
              "fid": CFG.eval.batch, "train": max([CFG.train.batch] + [a.batch or 0 for a in CFG.train.arms.values()])}

@@ -1,43 +1,51 @@
 rule sample:
     """Few-step samples of one arm at one NFE (.npz, with its metadata .json and grid .png beside it)."""
     input:
-        STUDENT,
+        STAGES["sample"].deps,
     output:
-        samples=f"{SAMPLES}.npz",
-        meta=f"{SAMPLES}.json",
-        grid=f"{SAMPLES}.png",
+        STAGES["sample"].outs,
     params:
         sections=section("sample"),
+    conda:
+        "../envs/rfpp.yaml"
+    log:
+        STAGES["sample"].log(PATHS),
     resources:
-        **stage_resources("sample", gpu=1),
+        **stage_resources("sample", gpu=STAGES["sample"].gpu),
     shell:
-        "rfpp sample {RFPP} --arm {wildcards.arm} --nfe {wildcards.nfe}"
+        STAGES["sample"].snakemake_shell()
 
 
 rule fid:
     """FID of one sample set, with its full protocol, as json (DVC's metrics)."""
     input:
-        f"{SAMPLES}.npz",
-        [FEATURES] if FID_FEATURES else [],
+        STAGES["fid"].deps,
     output:
-        FID,
+        STAGES["fid"].outs,
     params:
         sections=section("fid"),
+    conda:
+        "../envs/rfpp.yaml"
+    log:
+        STAGES["fid"].log(PATHS),
     resources:
-        **stage_resources("fid", gpu=1),
+        **stage_resources("fid", gpu=STAGES["fid"].gpu),
     shell:
-        "rfpp fid {RFPP} --arm {wildcards.arm} --nfe {wildcards.nfe}"
+        STAGES["fid"].snakemake_shell()
 
 
 rule report:
     """report.md and its plots (report/*.png) over every arm and NFE."""
     input:
-        expand(FID, arm=ARMS, nfe=NFES),
-        expand(f"{SAMPLES}.json", arm=ARMS, nfe=NFES),
+        STAGES["report"].deps,
     output:
-        report=REPORT,
-        plots=directory(f"{RESULTS}/report"),
+        STAGES["report"].outs[0],
+        directory(STAGES["report"].outs[1]),
+    conda:
+        "../envs/rfpp.yaml"
+    log:
+        STAGES["report"].log(PATHS),
     resources:
         **stage_resources("report"),
     shell:
-        "rfpp report {RFPP}"
+        STAGES["report"].snakemake_shell()

@@ -1,28 +1,34 @@
 rule pairs_shard:
     """One shard of (noise, image) pairs from the teacher: one job per shard, each on its own GPU."""
     input:
-        TEACHER,
+        STAGES["pairs_shard"].deps,
     output:
-        record=SHARD_RECORD,
-        arrays=SHARD_FILES,
+        STAGES["pairs_shard"].outs,
     params:
-        sections=section("pairs"),
+        sections=section("pairs_shard"),
+    conda:
+        "../envs/rfpp.yaml"
+    log:
+        STAGES["pairs_shard"].log(PATHS),
     resources:
-        **stage_resources("pairs_shard", gpu=1),
+        **stage_resources("pairs_shard", gpu=STAGES["pairs_shard"].gpu),
     shell:
-        "rfpp pairs {RFPP} --shard {wildcards.shard} --num-shards {NUM_SHARDS} --no-progress"
+        STAGES["pairs_shard"].snakemake_shell()
 
 
 rule pairs:
     """Verify every shard and write the manifest that training reads."""
     input:
-        TEACHER,
-        expand(SHARD_RECORD, shard=range(NUM_SHARDS)),
+        STAGES["pairs"].deps,
     output:
-        MANIFEST,
+        STAGES["pairs"].outs,
     params:
         sections=section("pairs"),
+    conda:
+        "../envs/rfpp.yaml"
+    log:
+        STAGES["pairs"].log(PATHS),
     resources:
         **stage_resources("pairs"),
     shell:
-        "rfpp pairs {RFPP} --finalize --num-shards {NUM_SHARDS}"
+        STAGES["pairs"].snakemake_shell()
