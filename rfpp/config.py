@@ -243,7 +243,8 @@ class EvalConfig:
     an .npz with mu/sigma. `inception_weights`: a local path or URL of the Inception weights (default: the
     torch hub cache, downloading from torch-fidelity's URL if absent). `isc`/`kid`/`prc`: extra metrics.
     `feature_resolution`: the side the digits classifier is trained and run at (images are resized to it
-    bilinearly, as LPIPS resizes to VGG's 224); None = data.resolution.
+    bilinearly, as LPIPS resizes to VGG's 224); None = data.resolution. `feature_steps`: its training steps
+    (batch 64; 600 reach about 99% held-out accuracy on digits in seconds).
     """
 
     feature_net: Literal[FEATURE_NETS] = "inception"
@@ -257,6 +258,7 @@ class EvalConfig:
     prc: Bool = False
     kid_subset_size: Positive = 1000
     feature_resolution: Int(Ge(4)) | None = None
+    feature_steps: Positive = 600
 
 
 @pydantic_dataclasses.dataclass(config=ConfigDict(extra="forbid", json_schema_extra={

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 # Snakemake's `params:` and DVC's `params:` use the same lists (workflow/rules/common.smk).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "teacher": ("seed", "data", "teacher"),
-    "features": ("seed", "data", "eval.feature_resolution"),
+    "features": ("seed", "data", "eval.feature_resolution", "eval.feature_steps"),
     "pairs": ("pairs",),
     "train": ("seed", "train"),
     "sample": ("sample",),

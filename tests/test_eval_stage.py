@@ -53,20 +53,21 @@ def test_run_sample_writes_what_the_command_with_shorthands_writes(workdir):
 
 
 def test_run_features_keeps_a_file_of_the_same_fingerprint_and_remakes_another(workdir):
-    config = load_config("digits")
+    config = load_config("digits", ["eval.feature_steps=20"])
     said: list[str] = []
-    first = run_features(config, out="f.pt", steps=20, min_accuracy=0, progress=False, log=said.append)
+    first = run_features(config, out="f.pt", min_accuracy=0, progress=False, log=said.append)
     made = (workdir / "f.pt").read_bytes()
     assert first["path"] == "f.pt" and not any("up to date" in line for line in said)
     said.clear()
-    assert run_features(config, out="f.pt", steps=20, min_accuracy=0, progress=False, log=said.append)["accuracy"] \
+    assert run_features(config, out="f.pt", min_accuracy=0, progress=False, log=said.append)["accuracy"] \
         == first["accuracy"]
     assert said[0] == "feature network f.pt is up to date (made with these settings); keeping it"
     assert (workdir / "f.pt").read_bytes() == made
     said.clear()
     with pytest.raises(FeatureNetError, match="below --min-accuracy"):
-        run_features(config, out="f.pt", steps=21, min_accuracy=1.01, progress=False, log=said.append)
-    assert said[0].startswith("feature network f.pt is out of date (features.steps=20 (recorded) vs 21 (now))")
+        run_features(load_config("digits", ["eval.feature_steps=21"]), out="f.pt", min_accuracy=1.01, progress=False,
+                     log=said.append)
+    assert said[0].startswith("feature network f.pt is out of date (eval.feature_steps=20 (recorded) vs 21 (now))")
 
 
 def test_run_report_finds_an_unwritable_folder_before_the_work(workdir):

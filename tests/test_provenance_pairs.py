@@ -209,12 +209,13 @@ def test_features_file_records_its_fingerprint_and_a_flipped_byte_is_refused(tmp
     made = CliRunner().invoke(app, [*args, "--steps", "5"])
     assert made.exit_code == 0, made.output
     fp = read_feature_net_file(out)["fingerprint"]
-    assert fp["stage"] == "features" and fp["settings"]["features"] == {"steps": 5, "seed": 0}
+    assert fp["stage"] == "features" and fp["settings"]["features"] == {"seed": 0}
+    assert fp["settings"]["eval.feature_steps"] == 5  # --steps sets eval.feature_steps
     stamp = out.stat().st_mtime_ns
     kept = CliRunner().invoke(app, [*args, "--steps", "5"])
     assert kept.exit_code == 0 and "up to date" in kept.output and out.stat().st_mtime_ns == stamp
     remade = CliRunner().invoke(app, [*args, "--steps", "6"])
-    assert remade.exit_code == 0 and "features.steps=5 (recorded) vs 6 (now)" in remade.output
+    assert remade.exit_code == 0 and "eval.feature_steps=5 (recorded) vs 6 (now)" in remade.output
 
     with zipfile.ZipFile(out) as archive:  # the largest tensor's bytes inside the (uncompressed) archive
         entry = max(archive.infolist(), key=lambda e: e.file_size)

@@ -20,7 +20,8 @@ PROFILES = sorted(p.stem for p in (ROOT / "params").glob("*.yaml"))
 
 
 def tiny_profile(name: str = "tiny") -> dict:
-    """The digits profile shrunk to seconds: a 2-step teacher, 64 pairs in 4 shards of one 16-pair chunk."""
+    """The digits profile shrunk to seconds: a 2-step teacher, 64 pairs in 4 shards of one 16-pair chunk, a
+    200-step classifier."""
     p = yaml.safe_load((ROOT / "params" / "digits.yaml").read_text())
     p["profile"] = name
     p["teacher"]["net"].update(model_channels=8, channel_mult=[1])
@@ -28,7 +29,7 @@ def tiny_profile(name: str = "tiny") -> dict:
     p["pairs"].update(count=64, num_shards=4, steps=3, batch=16)
     p["train"].update(steps=4, batch=16, warmup=1, eval_every=0)
     p["sample"].update(num_samples=32, batch=32, grid=16)
-    p["eval"].update(num_samples=32)
+    p["eval"].update(num_samples=32, feature_steps=200)  # the classifier: 200 steps reach ~95% held-out accuracy
     return p
 
 
