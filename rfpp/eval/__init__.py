@@ -9,11 +9,11 @@
   `rfpp.eval.features_stage` (`run_features`).
 """
 
-import lazy_loader
+from rfpp.lazy import exports, names
 
 _IMPORTS = {
     "digits_classifier": ["STAND_IN_NOTE", "DigitsClassifier", "load_feature_net", "save_feature_net",
                           "train_classifier"],
 }
-# Submodules load on first use (lazy_loader): rfpp.eval.kinds, read by rfpp.config, loads without torch.
-__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs=_IMPORTS)
+__all__ = names(_IMPORTS)
+__getattr__ = exports(__name__, _IMPORTS)  # on first use: rfpp.eval.kinds loads without torch

@@ -6,7 +6,7 @@ Training entry point: `ReflowLoss(kind, perceptual=None, huber_c_mode="reference
 lpips, t)` combines precomputed terms.
 """
 
-import lazy_loader
+from rfpp.lazy import exports, names
 
 _IMPORTS = {
     "perceptual": (
@@ -24,5 +24,5 @@ _IMPORTS = {
     "reflow": ("KINDS", "PERCEPTUAL_KINDS", "ReflowLoss", "combine"),
     "kinds": ("PERCEPTUAL_NETS",),
 }
-# Submodules load on first use (lazy_loader): rfpp.losses.kinds, read by rfpp.config, loads without torch.
-__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs=_IMPORTS)
+__all__ = names(_IMPORTS)
+__getattr__ = exports(__name__, _IMPORTS)  # on first use: rfpp.losses.kinds loads without torch

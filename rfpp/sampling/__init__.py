@@ -3,7 +3,7 @@
 RF time t = 1 is noise, t = 0 data (docs/conventions.md, "Sampling and NFE"); EDM's sampler works in σ.
 """
 
-import lazy_loader
+from rfpp.lazy import exports, names
 
 _IMPORTS = {
     "edm": ("edm_heun",),
@@ -31,5 +31,5 @@ _IMPORTS = {
     "straightness": ("straightness", "straightness_per_sample"),
     "kinds": ("UPDATES",),
 }
-# Submodules load on first use (lazy_loader): rfpp.sampling.kinds, read by rfpp.config, loads without torch.
-__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs=_IMPORTS)
+__all__ = names(_IMPORTS)
+__getattr__ = exports(__name__, _IMPORTS)  # on first use: rfpp.sampling.kinds loads without torch

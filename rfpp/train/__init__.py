@@ -5,14 +5,14 @@ Modules: `loop` (the training loop and one optimisation step), `data` (the deter
 `dist` (processes, devices, counter-based seeds), `monitor` (straightness, sample grids, timestep histogram).
 """
 
-import lazy_loader
+from rfpp.lazy import exports, names
 
 _IMPORTS = {
     "checkpoint": ("latest_checkpoint", "list_checkpoints", "read_checkpoint"),
     "data": ("InfiniteSampler",),
-    "dist": ("DistEnv", "setup", "teardown"),
+    "dist": ("DistEnv", "teardown"),  # not `setup`: rfpp.train.setup is the module
     "loop": ("NonFiniteLossError", "ResumeError", "StepRunner", "TrainResult", "train_arm"),
     "setup": ("EMA", "TrainSetupError", "build_loss", "build_perceptual", "build_student", "lr_at"),
 }
-# Submodules load on first use (lazy_loader): rfpp.train.kinds, read by rfpp.config, loads without torch.
-__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs=_IMPORTS)
+__all__ = names(_IMPORTS)
+__getattr__ = exports(__name__, _IMPORTS)  # on first use: rfpp.train.kinds loads without torch
