@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -254,6 +255,10 @@ def test_snakemake_and_dvc_make_the_same_jobs_for_every_profile(profile, profile
     _run(["rfpp", "dvc", "--profile", profile], cwd=work)
     smk, dvc = snakemake_jobs(f"profile={profile}", cwd=work), dvc_jobs(work)
     assert smk == dvc, f"only Snakemake: {sorted(smk - dvc)}\nonly DVC: {sorted(dvc - smk)}"
+    dry = _run([DVC, "repro", "--dry", "--force"], cwd=work)  # what `dvc repro` would run, in its order
+    ran = re.findall(r"^Running stage '([^']+)':\n> (.*)$", dry, re.M)
+    assert sorted(cmd for _, cmd in ran) == sorted(job[1] for job in smk), dry[-2000:]
+    assert [stage for stage, _ in ran][0] == "teacher" and ran[-1][0] == "report"
     params = yaml.safe_load((work / "params" / f"{profile}.yaml").read_text())
     shards = [j for j in dvc if j[0] == "pairs_shard"]
     assert len(shards) == params["pairs"]["num_shards"]  # e.g. cifar10's shards, no list kept by hand
@@ -363,6 +368,12 @@ def test_dvc_repro_push_and_experiment_of_teacher_and_pairs(tmp_path):
     assert len(md5s) >= 1 + 4 * 2 + 1  # teacher, 4 x (record, images), manifest (label files are alike)
     for md5 in md5s:  # every output is in the remote
         assert (tmp_path / "store" / "files" / "md5" / md5[:2] / md5[2:]).is_file()
+    manifest = (work / "results/tiny/pairs/manifest.json").read_bytes()
+    shutil.rmtree(work / "results")
+    shutil.rmtree(work / ".dvc" / "cache")
+    _run([DVC, "pull", "--with-deps", "pairs"], cwd=work)  # back from the remote alone
+    assert (work / "results/tiny/pairs/manifest.json").read_bytes() == manifest
+    assert "Data and pipelines are up to date" in _run([DVC, "status", "pairs"], cwd=work)
     _run([*GIT, "add", "dvc.lock"], cwd=work)
     _run([*GIT, "commit", "-qm", "pairs"], cwd=work)
 
