@@ -38,15 +38,16 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
-def safe_torch_load(path: str | Path, what: str = "checkpoint") -> Any:
-    """torch.load(weights_only=True) with messages that name the file and the remedy."""
+def safe_torch_load(path: str | Path, what: str = "checkpoint", mmap: bool = False) -> Any:
+    """torch.load(weights_only=True) with messages that name the file and the remedy; `mmap`: the tensors stay on
+    disk until touched (reading a checkpoint's small fields without reading its GBs of weights)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{what} {path} does not exist; check the path (or run the stage that makes it)")
     if path.is_dir():
         raise CheckpointError(f"{what} {path} is a directory, not a file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise CheckpointError(f"{what} {path} is truncated or not a PyTorch checkpoint ({type(err).__name__}: "
                               f"{str(err).splitlines()[0][:200]}); delete it and re-create or re-download it") from err

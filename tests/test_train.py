@@ -21,6 +21,7 @@ from rfpp.train import (  # noqa: E402
     InfiniteSampler,
     NonFiniteLossError,
     ResumeError,
+    checkpoint_metrics,
     list_checkpoints,
     lr_at,
     read_checkpoint,
@@ -140,6 +141,9 @@ def test_stopped_and_resumed_run_is_bitwise_equal_and_never_reloads_the_teacher(
     for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values(), strict=True):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert ca["data"] == cb["data"] == {"position": 48, "batch": 8, "seed": 0, "world": 1, "micro_batch": 4}
+    # the report reads a checkpoint's metrics alone (memory-mapped), the same ones the verified read gives
+    newest = list_checkpoints(paths.train_dir("baseline") / "checkpoints")[-1][1]
+    assert checkpoint_metrics(newest) == ca["metrics"] and "images_per_s" in ca["metrics"]
 
 
 def test_resume_refuses_other_settings_and_restart_starts_over(world, tmp_path):

@@ -39,11 +39,12 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import VGG16_Weights
 
 from rfpp.losses.pointwise import check_same_shape
 
-VGG16_WEIGHTS_URL: str = VGG16_Weights.IMAGENET1K_V1.url  # https://download.pytorch.org/models/vgg16-397923af.pth
+# torchvision's VGG16_Weights.IMAGENET1K_V1.url (tests/test_losses.py checks it), written out: importing
+# torchvision.models costs every training process 1.5 s (it loads torch._dynamo).
+VGG16_WEIGHTS_URL: str = "https://download.pytorch.org/models/vgg16-397923af.pth"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_EPS = 1e-10

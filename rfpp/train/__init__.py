@@ -8,7 +8,7 @@ Modules: `loop` (the training loop and one optimisation step), `data` (the deter
 from rfpp.lazy import exports, names
 
 _IMPORTS = {
-    "checkpoint": ("latest_checkpoint", "list_checkpoints", "read_checkpoint"),
+    "checkpoint": ("checkpoint_metrics", "latest_checkpoint", "list_checkpoints", "read_checkpoint"),
     "data": ("InfiniteSampler",),
     "dist": ("DistEnv", "teardown"),  # not `setup`: rfpp.train.setup is the module
     "loop": ("NonFiniteLossError", "ResumeError", "StepRunner", "TrainResult", "train_arm"),

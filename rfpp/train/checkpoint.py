@@ -91,6 +91,16 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
+def checkpoint_metrics(path: Path) -> dict[str, Any]:
+    """The metrics a training checkpoint recorded at its step (loss, images/s, …), read without reading its tensors
+    (memory-mapped, not hashed): for display only, as in the report; anything that uses the weights reads them
+    through `read_checkpoint`, which verifies them."""
+    payload = safe_torch_load(path, "training checkpoint", mmap=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an rfpp training checkpoint")
+    return dict(payload.get("metrics") or {})
+
+
 def latest_checkpoint(directory: Path, say: Callable[[str], None] | None = None) -> dict[str, Any] | None:
     """The newest checkpoint in `directory` that verifies (None when there is no checkpoint file at all).
 
