@@ -9,7 +9,9 @@ Nothing is downloaded from the internet and nothing of rfpp is mocked:
 - the FID reference is an EDM-format .npz (mu, sigma) served by the same server;
 - VGG16 (LPIPS) and Inception (FID) are random-weight files in a temporary TORCH_HOME (tests/weight_files.py).
 
-Each profile keeps its own settings except the counts (shrunk to seconds) and the switches a CPU cannot run in
+ffhq64's DAG is afhq64's (same network, preconditioning and settings; only the data, the snapshot and the FID
+reference differ, which its own test checks before making its teacher). Each profile keeps its own settings except
+the counts (shrunk to seconds) and the switches a CPU cannot run in
 the time (see `smoke_params`). Marked slow: the four take several minutes on two CPU cores (ImageNet-64's ADM
 has 296M parameters).
 """
@@ -35,7 +37,10 @@ from rfpp.checkpoints import file_sha256, load_model
 from rfpp.eval.generate import read_samples
 from rfpp.teachers.registry import fid_ref_spec, teacher_spec
 
-PROFILES = ["imagenet64", "ffhq64", "afhq64", "cifar10"]  # the longest first (tests/conftest.py runs these first)
+# Every real architecture's whole DAG, the longest first (tests/conftest.py runs these first). ffhq64 is afhq64 but
+# for its data, teacher snapshot and FID reference (test_ffhq64_…: checked, and its teacher made): the same DAG.
+PROFILES = ["imagenet64", "afhq64", "cifar10"]
+SAME_DAG = {"ffhq64": "afhq64"}
 
 
 def smoke_params(profile: str, teacher_url: str, reference_url: str) -> dict:
@@ -184,3 +189,47 @@ def test_whole_dag_of_the_real_profile_on_the_cpu(profile, smoke_dir, offline_to
     for arm in arms:
         for nfe in nfes:
             assert re.search(rf"^\| {re.escape(arm)} \| {nfe} \| \d[^|]* \|", report, re.M), report
+
+
+@pytest.mark.slow
+@pytest.mark.real_profile_dag
+@pytest.mark.parametrize("profile", sorted(SAME_DAG))
+def test_a_profile_whose_dag_is_another_ones_differs_only_in_names(profile, smoke_dir, offline_torch_home):
+    """ffhq64 differs from afhq64 only in data.dataset, teacher.source and eval.reference, and its released snapshot
+    has afhq64's architecture, resolution, conditioning and preconditioning: afhq64's whole DAG above runs its
+    stages. What is its own is checked here: its snapshot is served, downloaded and converted (the teacher rule),
+    and its FID reference is the registry's. A change that makes the two differ otherwise fails here: then give
+    ffhq64 its own whole-DAG run (PROFILES)."""
+    twin = SAME_DAG[profile]
+    mine, theirs = (yaml.safe_load((ROOT / "params" / f"{p}.yaml").read_text()) for p in (profile, twin))
+    names = {("profile",), ("data", "dataset"), ("teacher", "source"), ("eval", "reference")}
+
+    def without_names(p: dict) -> dict:
+        p = json.loads(json.dumps(p))
+        for path in names:
+            node = p
+            for key in path[:-1]:
+                node = node[key]
+            del node[path[-1]]
+        return p
+
+    assert without_names(mine) == without_names(theirs)
+    spec, twin_spec = teacher_spec(mine["teacher"]["source"]), teacher_spec(theirs["teacher"]["source"])
+    assert (spec.arch, spec.precond, spec.resolution, spec.conditional) == \
+        (twin_spec.arch, twin_spec.precond, twin_spec.resolution, twin_spec.conditional)
+    assert mine["eval"]["reference"] == fid_ref_spec(spec.fid_ref).url
+
+    served = smoke_dir / "served"
+    served.mkdir()
+    snapshot, net = write_release_snapshot(served / spec.filename, spec, smoke_dir / "executed")
+    with LocalFileServer({f"/edm/pretrained/{spec.filename}": snapshot}) as server:
+        url = server.url(f"/edm/pretrained/{spec.filename}")
+        work = make_workspace(smoke_dir, {profile: smoke_params(profile, url, "unused")})
+        target = f"results/{profile}/teacher/teacher.pt"
+        log = run([SNAKEMAKE, target, "--cores", "2", "--config", f"profile={profile}"], cwd=work, timeout=600,
+                  TORCH_HOME=str(offline_torch_home))
+    assert "1 of 1 steps (100%) done" in log, log[-3000:]
+    teacher, info = load_model(work / target)
+    assert info["meta"]["source"] == url and info["meta"]["sha256"] == file_sha256(snapshot)
+    teacher_state = teacher.denoiser.net.state_dict()
+    assert all(torch.equal(teacher_state[k], v) for k, v in net.state_dict().items())

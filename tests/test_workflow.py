@@ -348,56 +348,27 @@ def _dvc_workspace(tmp_path: Path, gitignore: str) -> Path:
 
 
 @pytest.mark.slow
-def test_dvc_repro_push_and_experiment_of_teacher_and_pairs(tmp_path):
-    work = _dvc_workspace(tmp_path, "/results/\n")
+def test_dvc_repro_metrics_plots_push_pull_and_an_experiment(tmp_path):
+    """The tiny profile through DVC in a git repository: `dvc repro` of every stage, FID metrics and the report's
+    plots, `dvc metrics diff` against HEAD, `dvc push` of every output, `dvc pull` back from the remote alone, and
+    `dvc exp run -S` of another pairs seed (shards and manifest redone, the teacher not)."""
+    work = _dvc_workspace(tmp_path, "/results/\n/dvc_plots/\n")
     _run([DVC, "remote", "add", "-d", "store", str(tmp_path / "store")], cwd=work)
-    _run([*GIT, "add", "-A"], cwd=work)
-    _run([*GIT, "commit", "-qm", "workflow"], cwd=work)
-
     stages = dvc_stages(work)
     assert {"teacher", "pairs", "pairs_shard@3", "train@rfpp", "sample@rfpp-2", "fid@baseline-1", "report"} <= \
         set(stages)
-    _run([DVC, "repro", "pairs"], cwd=work)
-    assert json.loads((work / "results/tiny/pairs/manifest.json").read_text())["spec"]["count"] == 64
-    lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
-    assert {"teacher", "pairs", "pairs_shard@0", "pairs_shard@3"} <= set(lock)
-    assert "pairs" in lock["pairs_shard@1"]["params"]["params/tiny.yaml"]
-    assert "Data and pipelines are up to date" in _run([DVC, "status", "pairs"], cwd=work)
-    _run([DVC, "push"], cwd=work)
-    md5s = {o["md5"] for stage in lock.values() for o in stage.get("outs", [])}
-    assert len(md5s) >= 1 + 4 * 2 + 1  # teacher, 4 x (record, images), manifest (label files are alike)
-    for md5 in md5s:  # every output is in the remote
-        assert (tmp_path / "store" / "files" / "md5" / md5[:2] / md5[2:]).is_file()
-    manifest = (work / "results/tiny/pairs/manifest.json").read_bytes()
-    shutil.rmtree(work / "results")
-    shutil.rmtree(work / ".dvc" / "cache")
-    _run([DVC, "pull", "--with-deps", "pairs"], cwd=work)  # back from the remote alone
-    assert (work / "results/tiny/pairs/manifest.json").read_bytes() == manifest
-    assert "Data and pipelines are up to date" in _run([DVC, "status", "pairs"], cwd=work)
-    _run([*GIT, "add", "dvc.lock"], cwd=work)
-    _run([*GIT, "commit", "-qm", "pairs"], cwd=work)
 
-    # An experiment with another pairs seed: shards and manifest are redone, the teacher is not.
-    log = _run([DVC, "exp", "run", "-S", "params/tiny.yaml:pairs.seed=5", "pairs"], cwd=work)
-    assert "Stage 'teacher' didn't change, skipping" in log
-    assert "Running stage 'pairs_shard@0'" in log
-    shown = json.dumps(json.loads(_run([DVC, "exp", "show", "--json"], cwd=work)))
-    assert '"seed": 5' in shown
-
-
-@pytest.mark.slow
-def test_dvc_runs_the_whole_tiny_pipeline_with_metrics_and_plots(tmp_path):
-    """Every stage through `dvc repro` on the tiny profile; FID metrics and the report's plots are visible."""
-    work = _dvc_workspace(tmp_path, "/results/\n/dvc_plots/\n")
     _run([DVC, "repro"], cwd=work, timeout=1200)
     assert (work / "results/tiny/report.md").is_file()
+    assert json.loads((work / "results/tiny/pairs/manifest.json").read_text())["spec"]["count"] == 64
+    lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
+    assert set(lock) == set(stages) and "pairs" in lock["pairs_shard@1"]["params"]["params/tiny.yaml"]
     metrics = json.loads(_run([DVC, "metrics", "show", "--json"], cwd=work))
     files = metrics[""]["data"]  # "" is the workspace
     assert sorted(files) == sorted(f"results/tiny/fid/{a}-nfe{k}.json" for a in ("baseline", "rfpp") for k in (1, 2))
     assert all(isinstance(f["data"]["value"], float) for f in files.values())
     _run([DVC, "plots", "show", "-o", "dvc_plots"], cwd=work)
-    html = (work / "dvc_plots" / "index.html").read_text()
-    assert "fid_vs_nfe.png" in html
+    assert "fid_vs_nfe.png" in (work / "dvc_plots" / "index.html").read_text()
     _run([*GIT, "add", "-A"], cwd=work)
     _run([*GIT, "commit", "-qm", "tiny run"], cwd=work)
     assert "Data and pipelines are up to date" in _run([DVC, "status"], cwd=work)
@@ -406,3 +377,22 @@ def test_dvc_runs_the_whole_tiny_pipeline_with_metrics_and_plots(tmp_path):
     assert sorted(diff) == sorted(files)  # HEAD's metrics were found (in the DVC cache) and are unchanged
     for entry in diff.values():
         assert entry["value"]["old"] == entry["value"]["new"] is not None
+
+    _run([DVC, "push"], cwd=work)
+    md5s = {o["md5"] for stage in lock.values() for o in [*stage.get("outs", []), *stage.get("metrics", [])]}
+    assert len(md5s) >= 1 + 4 * 2 + 1 + 2 + 4  # teacher, 4 x (record, images), manifest, students, FIDs, ...
+    for md5 in md5s:  # every output is in the remote (a directory output by its .dir listing)
+        assert (tmp_path / "store" / "files" / "md5" / md5[:2] / md5[2:]).is_file(), md5
+    manifest = (work / "results/tiny/pairs/manifest.json").read_bytes()
+    shutil.rmtree(work / "results")
+    shutil.rmtree(work / ".dvc" / "cache")
+    _run([DVC, "pull"], cwd=work)  # back from the remote alone
+    assert (work / "results/tiny/pairs/manifest.json").read_bytes() == manifest
+    assert "Data and pipelines are up to date" in _run([DVC, "status"], cwd=work)
+
+    # An experiment with another pairs seed: shards and manifest are redone, the teacher is not.
+    log = _run([DVC, "exp", "run", "-S", "params/tiny.yaml:pairs.seed=5", "pairs"], cwd=work)
+    assert "Stage 'teacher' didn't change, skipping" in log
+    assert "Running stage 'pairs_shard@0'" in log
+    shown = json.dumps(json.loads(_run([DVC, "exp", "show", "--json"], cwd=work)))
+    assert '"seed": 5' in shown
