@@ -23,8 +23,6 @@ from typing import Any
 from rfpp.config import Config
 from rfpp.paths import ProfilePaths
 
-WILDCARDS = ("shard", "arm", "nfe")
-
 
 @dataclass(frozen=True)
 class Stage:
