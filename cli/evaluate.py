@@ -41,13 +41,13 @@ def _errors() -> tuple[type[BaseException], ...]:
 
 
 def _numbers(text: str | None, kind: type, option: str) -> list | None:
-    """A comma-separated option as a list (None when not given); a malformed one exits 2."""
-    from rfpp.eval.generate import parse_numbers
-
+    """A comma-separated option ('0.99,0.6,0.2') as a list (None when not given); a malformed one exits 2."""
+    if text is None or not str(text).strip():
+        return None
     try:
-        return parse_numbers(text, kind, option)
-    except ValueError as err:
-        fail(str(err), EXIT_USAGE)
+        return [kind(part) for part in str(text).replace(" ", "").split(",") if part]
+    except ValueError:
+        fail(f"{option}: expected comma-separated {kind.__name__}s, got {text!r}", EXIT_USAGE)
     return None
 
 

@@ -136,7 +136,8 @@ def dvc_yaml(config: Config, params_file: str | Path, resume: bool = False) -> d
     from rfpp.provenance import STAGE_SECTIONS
 
     stages: dict[str, Any] = {}
-    for stage in pipeline(config, params_file, resume):
+    described = pipeline(config, params_file, resume)
+    for stage in described:
         names = list(stage.over)
         if len(names) == 1:
             fields = {names[0]: "${item}"}
@@ -158,5 +159,5 @@ def dvc_yaml(config: Config, params_file: str | Path, resume: bool = False) -> d
             stages[stage.name] = {"matrix": {w: list(v) for w, v in stage.over.items()}, **body}
         else:
             stages[stage.name] = body
-    plots = [p for stage in pipeline(config, params_file, resume) for p in stage.plots]
+    plots = [p for stage in described for p in stage.plots]
     return {"stages": stages, "plots": plots}

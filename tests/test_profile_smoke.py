@@ -18,6 +18,7 @@ has 296M parameters).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -205,7 +206,7 @@ def test_a_profile_whose_dag_is_another_ones_differs_only_in_names(profile, smok
     names = {("profile",), ("data", "dataset"), ("teacher", "source"), ("eval", "reference")}
 
     def without_names(p: dict) -> dict:
-        p = json.loads(json.dumps(p))
+        p = copy.deepcopy(p)
         for path in names:
             node = p
             for key in path[:-1]:

@@ -39,16 +39,6 @@ class SamplesError(ValueError):
     """A sample file that is missing, malformed, or inconsistent with its shards."""
 
 
-def parse_numbers(text: str | None, kind: type = float, what: str = "list") -> list | None:
-    """'0.99,0.6,0.2' → [0.99, 0.6, 0.2]; None/'' → None."""
-    if text is None or not str(text).strip():
-        return None
-    try:
-        return [kind(part) for part in str(text).replace(" ", "").split(",") if part]
-    except ValueError as err:
-        raise ValueError(f"{what}: expected comma-separated {kind.__name__}s, got {text!r}") from err
-
-
 # --------------------------------------------------------------------------------------------- students
 
 
