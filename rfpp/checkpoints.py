@@ -108,7 +108,24 @@ def load_state_strict(net: nn.Module, state: Mapping[str, torch.Tensor], source:
                     + "; ".join(parts) + ". The checkpoint is probably of another architecture or configuration: "
                     "use the one it was made with (model_channels, channel_mult, num_blocks, attn_resolutions, "
                     "label_dim, embedding_type, encoder_type, …).")
-    net.load_state_dict(state, strict=True)
+    net.load_state_dict(state, strict=True, assign=any(t.is_meta for t in expected.values()))
+
+
+def network_with_state(arch: str, net_kwargs: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: str,
+                       error: type[Exception] = CheckpointError) -> nn.Module:
+    """The network `arch(**net_kwargs)` holding `state` (checked as `load_state_strict` does), built on the meta
+    device and given the state's tensors (cast to the network's dtypes): no random initialisation is drawn only to
+    be overwritten (2.7 s of CPU for ImageNet-64's ADM). The caller's global RNG is untouched."""
+    with torch.device("meta"):
+        net = build_network(arch, **net_kwargs)
+    expected = net.state_dict()
+    state = {k: v.to(expected[k].dtype) if k in expected and v.dtype != expected[k].dtype else v
+             for k, v in state.items()}
+    load_state_strict(net, state, source, error)  # assign: the meta tensors are replaced, not copied into
+    left = [name for name, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
+    if left:
+        raise error(f"{source}: {listing(left)} of the {arch} hold no weights after loading")
+    return net
 
 
 def load_model(path: str | Path, expect_arch: str | None = None,
@@ -133,8 +150,7 @@ def load_model(path: str | Path, expect_arch: str | None = None,
         if diff:
             key, (got, want) = next(iter(diff.items()))
             raise CheckpointError(f"{path} holds a network with {key}={got!r}, but {want!r} was expected")
-    net = build_network(arch, **kwargs)
-    load_state_strict(net, payload["state_dict"], str(path))
+    net = network_with_state(arch, kwargs, payload["state_dict"], str(path))
     velocity = EDMVelocity(EDMDenoiser(net, sigma_data=payload.get("sigma_data", 0.5))).eval()
     info = {k: v for k, v in payload.items() if k != "state_dict"}
     return velocity, info

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_helpers import load_state, tiny_teacher, world_config  # noqa: E402
+from train_helpers import ONE_LEVEL_NET, load_state, make_world, tiny_teacher, world_config  # noqa: E402
 
 from rfpp.checkpoints import file_sha256, load_model, save_model  # noqa: E402
 from rfpp.config import ConfigError, load_config  # noqa: E402
@@ -282,11 +282,13 @@ def test_mixed_precision_runs_on_cpu(world, tmp_path, precision):
 
 
 @pytest.mark.slow
-def test_compiled_training_matches_eager_and_resumes_bitwise(world, tmp_path):
+def test_compiled_training_matches_eager_and_resumes_bitwise(tmp_path):
     """train.compile=true (torch.compile of the student and the loss; inductor's C++ backend here): 4 steps match
     the eager run to float tolerance, and 2 (--until) + 2 resumed compiled steps equal 4 compiled steps bitwise.
     Dropout is off for the comparison: inductor draws its own random numbers, so compiled dropout masks differ
     from eager ones (compiled runs still resume bitwise)."""
+    world = tmp_path / "world"  # its own world: a one-level network (train_helpers.ONE_LEVEL_NET) compiles faster
+    make_world(world, net=ONE_LEVEL_NET)
     over = ["train.steps=4", "train.ckpt_every=2", "train.dropout=0.0"]
     eager = fresh(world, tmp_path / "eager")
     config, paths = world_config(eager, over)
@@ -297,7 +299,7 @@ def test_compiled_training_matches_eager_and_resumes_bitwise(world, tmp_path):
     assert train_arm(config_c, "huber", paths_c, progress=False).finished
     a, b = weights(paths.student("huber")), weights(paths_c.student("huber"))
     assert a.keys() == b.keys()  # no torch.compile prefixes in the saved student
-    teacher = tiny_teacher().state_dict()
+    teacher = tiny_teacher(net=ONE_LEVEL_NET).state_dict()
     moved = sum((a[k] - teacher[k]).square().sum() for k in a).sqrt()
     apart = sum((a[k] - b[k]).square().sum() for k in a).sqrt()
     assert moved > 0 and apart < 1e-2 * moved  # Adam's sign-like steps magnify round-off on ~0 gradients

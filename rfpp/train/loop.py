@@ -222,13 +222,19 @@ def weights_checksum(module: nn.Module) -> str:
     return state_checksum(module.state_dict())
 
 
-def run_inputs(config: Config, arm: str, paths: ProfilePaths, dataset: PairDataset) -> dict[str, str]:
-    """The inputs of a run (see the module docstring), each verified: CheckpointError when the teacher is missing
-    or corrupted. `dataset` is the run's (verified) pair set."""
+def check_teacher_exists(paths: ProfilePaths) -> None:
     if not paths.teacher.exists():
         raise CheckpointError(f"the teacher {paths.teacher} does not exist; run `rfpp teacher` first")
+
+
+def run_inputs(config: Config, arm: str, paths: ProfilePaths, dataset: PairDataset,
+               teacher_digest: str | None = None) -> dict[str, str]:
+    """The inputs of a run (see the module docstring), each verified: CheckpointError when the teacher is missing
+    or corrupted. `dataset` is the run's (verified) pair set; `teacher_digest` the verified digest of the teacher
+    file when the caller has already loaded it (else it is read here)."""
+    check_teacher_exists(paths)
     pairs = (dataset.manifest.get("fingerprint") or {}).get("id") or file_sha256(paths.pairs_manifest)
-    inputs = {"pairs": str(pairs), "teacher": model_digest(paths.teacher)}
+    inputs = {"pairs": str(pairs), "teacher": teacher_digest or model_digest(paths.teacher)}
     if config.train.arms[arm].loss in PERCEPTUAL_KINDS and config.train.perceptual == "digits-classifier":
         inputs["perceptual"] = file_sha256(paths.features)
     return inputs
@@ -298,7 +304,11 @@ def _train_arm(config: Config, arm: str, paths: ProfilePaths, env: rdist.DistEnv
     # ---- check the inputs before anything is moved or deleted --------------------------------------------
     dataset = PairDataset(paths.pairs_manifest, verify=env.local_rank == 0)
     loss_fn: nn.Module = build_loss(arm_cfg, config, paths)
-    inputs = run_inputs(config, arm, paths, dataset)
+    teacher = None  # a run that starts from the arm's init reads the teacher once: its weights and its digest
+    if not (resume and list_checkpoints(ckpt_dir)):
+        check_teacher_exists(paths)
+        teacher = student_spec(paths.teacher, train.dropout)
+    inputs = run_inputs(config, arm, paths, dataset, teacher[3]["tensors_sha256"] if teacher else None)
     provenance = fingerprint("train", STUDENT_FORMAT, stage_settings(config, "train", arm), inputs)
 
     # ---- resume or start ------------------------------------------------------------------------------
@@ -333,7 +343,8 @@ def _train_arm(config: Config, arm: str, paths: ProfilePaths, env: rdist.DistEnv
         start = int(ckpt["step"])
         say(f"resuming from {ckpt['path']} (step {start}); the teacher's weights are not used")
     else:
-        arch, kwargs, teacher_state, teacher_info = student_spec(paths.teacher, train.dropout)
+        arch, kwargs, teacher_state, teacher_info = teacher or student_spec(paths.teacher, train.dropout)
+        teacher = None
         if teacher_info["tensors_sha256"] != inputs["teacher"]:
             raise CheckpointError(f"the teacher {paths.teacher} was replaced while this run started; run again")
         sigma_data = float(teacher_info.get("sigma_data", 0.5))

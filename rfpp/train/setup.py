@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rfpp.checkpoints import load_model, load_state_strict
+from rfpp.checkpoints import load_model, load_state_strict, network_with_state
 from rfpp.config import ArmConfig, Config, TrainConfig
 from rfpp.losses import LPIPS, PERCEPTUAL_KINDS, FeatureLPIPS, ReflowLoss
 from rfpp.nets import EDMDenoiser, EDMVelocity, build_network
@@ -39,12 +39,13 @@ def student_spec(teacher_path: Path, dropout: float) -> tuple[str, dict[str, Any
 
 def build_student(arch: str, net_kwargs: dict[str, Any], sigma_data: float = 0.5,
                   state: dict[str, torch.Tensor] | None = None, seed: int = 0, source: str = "teacher") -> EDMVelocity:
-    """The student in velocity form. `state` None: fresh EDM initialisation drawn from `seed`."""
+    """The student in velocity form: holding `state` (the tensors themselves), or, with `state` None, a fresh EDM
+    initialisation drawn from `seed`."""
+    if state is not None:
+        return EDMVelocity(EDMDenoiser(network_with_state(arch, net_kwargs, state, source), sigma_data=sigma_data))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build_network(arch, **net_kwargs)
-    if state is not None:
-        load_state_strict(net, state, source)
     return EDMVelocity(EDMDenoiser(net, sigma_data=sigma_data))
 
 
