@@ -10,9 +10,11 @@ prints one table, so the choice of t₀ is a measurement, not a guess:
     python benchmarks/t_start_sweep.py --profile digits --t-start 0.99999,0.9999,0.999,0.99,0.98
     python benchmarks/t_start_sweep.py --profile digits --checkpoints a=path/a.pt,b=path/b.pt --nfe 1
 
-Default checkpoints: every arm's final student of the profile (results/<profile>/train/<arm>/final.pt).
-Also printed for each arm of the profile: the share of its training timestep draws that lie at or above
-each t₀ (from the arm's timestep density), i.e. how often training visited the point the sampler queries.
+Default checkpoints: every arm's and training seed's final student of the profile
+(results/<profile>/train/<arm>/seed<k>/final.pt); then, for each t₀, the profile's report.compare pairs are
+differenced seed by seed as the report does (rfpp.report.comparisons). Also printed for each arm of the profile:
+the share of its training timestep draws that lie at or above each t₀ (from the arm's timestep density), i.e. how
+often training visited the point the sampler queries.
 """
 
 from __future__ import annotations
@@ -33,12 +35,17 @@ from rfpp.devices import resolve_device  # noqa: E402
 from rfpp.eval.fid import evaluate_images, feature_net_spec  # noqa: E402
 from rfpp.eval.generate import SamplingSpec, generate, load_student  # noqa: E402
 from rfpp.paths import ProfilePaths  # noqa: E402
+from rfpp.report import comparisons  # noqa: E402
 from rfpp.timesteps import cdf  # noqa: E402
 
 
 def share_at_or_above(kind: str, a: float, t0: float) -> float:
     """P(t ≥ t0) under the arm's squeezed training density."""
     return 1.0 - float(cdf(torch.tensor([t0], dtype=torch.float64), kind, a=a)[0])
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
 
 
 def main() -> None:
@@ -56,9 +63,10 @@ def main() -> None:
     t_starts = [float(t) for t in args.t_start.split(",")]
     nfes = [int(k) for k in args.nfe.split(",")] if args.nfe else list(config.sample.nfe)
     if args.checkpoints:
-        targets = dict(item.split("=", 1) for item in args.checkpoints.split(","))
+        targets = {(name, None): path for name, path in (item.split("=", 1) for item in args.checkpoints.split(","))}
     else:
-        targets = {arm: str(paths.student(arm)) for arm in config.train.arms}
+        targets = {(arm, seed): str(paths.student(arm, seed)) for arm in config.train.arms
+                   for seed in config.train.seeds}
     missing = [p for p in targets.values() if not Path(p).exists()]
     if missing:
         raise SystemExit(f"{missing[0]} does not exist: train the arms first (or pass --checkpoints)")
@@ -69,10 +77,10 @@ def main() -> None:
 
     start = time.perf_counter()
     rows = []
-    for name, path in targets.items():
+    for (name, seed), path in targets.items():
         velocity, _ = load_student(path, config)
         for k in nfes:
-            fids = []
+            fids: list[float] = []
             for t0 in t_starts:
                 spec = dataclasses.replace(SamplingSpec.of(config.sample, k), t_start=t0, num_samples=num,
                                            straightness_samples=0)
@@ -81,15 +89,27 @@ def main() -> None:
                                          config.data.resolution, num_samples=num, batch=ev.batch, device=device,
                                          reference_sha256=ev.reference_sha256)
                 fids.append(result["value"])
-            rows.append((name, k, fids))
+            rows.append((name, seed, k, fids))
     seconds = time.perf_counter() - start
 
     print(f"profile {config.profile}: FID ({ev.feature_net}, {num} samples, sample seed {config.sample.seed}) by "
           f"first grid point t₀; {seconds:.0f} s")
-    print("| checkpoint | NFE | " + " | ".join(f"t₀ = {t:g}" for t in t_starts) + " |")
-    print("|---|---|" + "---|" * len(t_starts))
-    for name, k, fids in rows:
-        print(f"| {name} | {k} | " + " | ".join(f"{f:.2f}" for f in fids) + " |")
+    print("| checkpoint | seed | NFE | " + " | ".join(f"t₀ = {t:g}" for t in t_starts) + " |")
+    print("|---|---|---|" + "---|" * len(t_starts))
+    for name, seed, k, fids in rows:
+        print(f"| {name} | {'—' if seed is None else seed} | {k} | " + " | ".join(f"{f:.2f}" for f in fids) + " |")
+    if not args.checkpoints and config.report.compare:
+        for i, t0 in enumerate(t_starts):
+            diffs = comparisons(config, [{"arm": name, "seed": seed, "nfe": k, "fid": fids[i]}
+                                         for name, seed, k, fids in rows])
+            print(f"\nPaired differences at t₀ = {t0:g} (FID(arm) − FID(reference), mean ± sd over seeds):")
+            print("| arm − reference | NFE | Δ mean | sd | same sign in every seed | beyond the spread | paper Δ | "
+                  "moves as the paper's |")
+            print("|---|---|---|---|---|---|---|---|")
+            for c in diffs:
+                d = c["diff"]
+                print(f"| {c['arm']} − {c['reference']} | {c['nfe']} | {_num(d['mean'])} | {_num(d['sd'])} | "
+                      f"{c['sign_holds']} | {c['beyond_spread']} | {_num(c['paper_diff'])} | {c['as_paper']} |")
     print(f"\nShare of training timestep draws at or above t₀ (and their expected count in {config.train.steps} "
           "steps):")
     print("| arm | timesteps | " + " | ".join(f"t₀ = {t:g}" for t in t_starts) + " |")

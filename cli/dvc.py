@@ -11,11 +11,11 @@ from cli.common import EXIT_USAGE, fail, resolve
 HEADER = """\
 # Written by `{command}` from the pipeline's one description (rfpp/dag.py), the one Snakemake's rules
 # use too: do not edit by hand. Run that command again to choose another profile, or after changing its arms,
-# NFEs, pair shards or feature network (`dvc exp run -S` on those keys needs it; other keys do not).
+# training seeds, NFEs, pair shards or feature network (`dvc exp run -S` on those keys needs it; others do not).
 #
 #   dvc repro                                            # the whole pipeline
 #   dvc exp run -S '{params}:train.lr=0.0004'   # an experiment with one setting changed
-#   dvc metrics show / dvc metrics diff                  # FID per arm and NFE
+#   dvc metrics show / dvc metrics diff                  # FID per arm, training seed and NFE
 #   dvc plots show                                       # the report's figures
 #   dvc remote add -d store /path/to/store && dvc push   # every output to a remote
 """

@@ -15,8 +15,14 @@ from cli.common import EXIT_USAGE, DryRunOpt, OverridesArg, ProfileOpt, fail, re
 
 CheckpointOpt = typer.Option(None, "--checkpoint", "-c",
                              help="An rfpp model file to use (default: the arm's final EMA student, "
-                                  "results/<profile>/train/<arm>/final.pt).")
+                                  "results/<profile>/train/<arm>/seed<k>/final.pt), or a checkpoint of the paper's "
+                                  "code (with --net-config) or an EDM .pkl.")
+NetConfigOpt = typer.Option(None, "--net-config",
+                            help="The paper's network JSON (configs_unet/*.json) for a --checkpoint of its format "
+                                 "(a released .pth); the file is imported once into results/<profile>/imported/.")
 ArmOpt = typer.Option(None, "--arm", help="Training arm (a key of train.arms); names outputs and picks the student.")
+TrainSeedOpt = typer.Option(None, "--train-seed", min=0, help="Training seed (one of train.seeds) whose student to "
+                                                              "use; default: every seed.")
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (auto = cuda when available). Sets device.")
 SolverOpt = typer.Option(None, "--solver", help="euler or heun. Sets sample.solver.")
 UpdateOpt = typer.Option(None, "--update", help="default (plain ODE step) or new (the paper's). Sets sample.update.")
@@ -51,12 +57,32 @@ def _numbers(text: str | None, kind: type, option: str) -> list | None:
     return None
 
 
+def _model_file(config: Any, checkpoint: str | None, net_config: str | None) -> str | None:
+    """The checkpoint as an rfpp model file: itself, or a foreign one imported once (rfpp.interop.as_model_file);
+    a configuration JSON of another architecture exits 2, an unusable file 1."""
+    if checkpoint is None:
+        if net_config is not None:
+            fail("--net-config goes with --checkpoint (a checkpoint of the paper's code)", EXIT_USAGE)
+        return None
+    from rfpp.interop import NetConfigError, as_model_file
+    from rfpp.paths import ProfilePaths
+
+    try:
+        return str(as_model_file(checkpoint, net_config, ProfilePaths.of(config.profile).root / "imported"))
+    except NetConfigError as err:
+        fail(str(err), EXIT_USAGE)
+    except _errors() as err:
+        fail(str(err))
+    return None
+
+
 def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
     @app.command()
     def sample(profile: str = ProfileOpt, overrides: list[str] = OverridesArg, dry_run: bool = DryRunOpt,
                nfe: int = typer.Option(None, "--nfe", help="Network evaluations per sample (default: every NFE of "
                                                            "sample.nfe). Sets sample.nfe=[K]."),
-               checkpoint: str = CheckpointOpt, arm: str = ArmOpt, solver: str = SolverOpt, update: str = UpdateOpt,
+               checkpoint: str = CheckpointOpt, net_config: str = NetConfigOpt, arm: str = ArmOpt,
+               train_seed: int = TrainSeedOpt, solver: str = SolverOpt, update: str = UpdateOpt,
                schedule: str = typer.Option(None, "--schedule",
                                             help="A user time grid instead of the default one, descending in "
                                                  "(0, 1], e.g. '0.99999,0.6,0.2' (0 is appended). Sets "
@@ -74,7 +100,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
                fmt: str = typer.Option(None, "--format", help="npz (uint8 images + labels), png (a folder of PNGs) or "
                                                                "zip (EDM dataset zip). Sets sample.format."),
                out: str = typer.Option(None, "--out", "-o", help="Output path (default "
-                                                                 "results/<profile>/samples/<arm>/nfe<k>.npz)."),
+                                                                 "results/<profile>/samples/<arm>/seed<k>/nfe<n>"
+                                                                 ".npz)."),
                shard: int = typer.Option(0, "--shard", min=0, help="This worker's shard (0-based)."),
                num_shards: int = typer.Option(1, "--num-shards", min=1,
                                               help="Split the samples into this many shards (one per GPU); "
@@ -100,14 +127,15 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
             fail("give either --nfe or --schedule (sample.schedule), not both", EXIT_USAGE)
         from rfpp.eval.stage import run_sample
 
+        checkpoint = _model_file(config, checkpoint, net_config)
         with reported(*_errors()):
-            run_sample(config, arm=arm, checkpoint=checkpoint, out=out,
+            run_sample(config, arm=arm, seed=train_seed, checkpoint=checkpoint, out=out,
                        class_labels=_numbers(class_labels, int, "--class-labels"), shard=shard,
                        num_shards=num_shards, merge=merge, log=typer.echo)
 
     def inversion(profile: str, overrides: list[str], dry_run: bool, nfe: int, decode_nfe: int | None,
                   solver: str | None, update: str | None, device: str | None, indices: str | None,
-                  source_class: str | None, **options: Any) -> None:
+                  source_class: str | None, net_config: str | None, **options: Any) -> None:
         """`rfpp invert` and `rfpp translate`: the decoding is sampling at --decode-nfe (sample.nfe), with
         sample.solver, sample.update and sample.t_start."""
         config = resolve(profile, overrides, dry_run, shorthands={
@@ -115,6 +143,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
             "sample.update": ("--update", update), "device": ("--device", device)})
         from rfpp.eval.stage import run_inversion
 
+        options["checkpoint"] = _model_file(config, options.get("checkpoint"), net_config)
         with reported(*_errors()):
             run_inversion(config, nfe=nfe, decode_nfe=decode_nfe, indices=_numbers(indices, int, "--indices"),
                           source_classes=_numbers(source_class, int, "--source-class"), log=typer.echo,
@@ -122,7 +151,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
 
     @app.command()
     def invert(profile: str = ProfileOpt, overrides: list[str] = OverridesArg, dry_run: bool = DryRunOpt,
-               checkpoint: str = CheckpointOpt, arm: str = ArmOpt,
+               checkpoint: str = CheckpointOpt, net_config: str = NetConfigOpt, arm: str = ArmOpt,
                images: str = typer.Option(None, "--images", help="Dataset spec, folder, EDM zip or sample .npz "
                                                                  "(default data.dataset)."),
                indices: str = typer.Option(None, "--indices", help="Which images, e.g. '0,5,9'."),
@@ -138,13 +167,13 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
                device: str = DeviceOpt) -> None:
         """Invert images to noise in N steps and decode them back in M steps; before/after grid."""
         inversion(profile, overrides, dry_run, nfe, decode_nfe, solver, update, device, indices, source_class,
-                  checkpoint=checkpoint, arm=arm, images=images, num_images=num_images, out=out)
+                  net_config, checkpoint=checkpoint, arm=arm, images=images, num_images=num_images, out=out)
 
     @app.command()
     def translate(profile: str = ProfileOpt, overrides: list[str] = OverridesArg, dry_run: bool = DryRunOpt,
                   target_class: int = typer.Option(..., "--target-class", help="Class to decode with (e.g. the "
                                                                                "paper's lion -> tiger)."),
-                  checkpoint: str = CheckpointOpt, arm: str = ArmOpt,
+                  checkpoint: str = CheckpointOpt, net_config: str = NetConfigOpt, arm: str = ArmOpt,
                   images: str = typer.Option(None, "--images", help="Dataset spec, folder, EDM zip or sample .npz."),
                   indices: str = typer.Option(None, "--indices", help="Which images, e.g. '0,5,9'."),
                   num_images: int = typer.Option(8, "--num-images", min=1, help="The first N images."),
@@ -157,18 +186,18 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
                   device: str = DeviceOpt) -> None:
         """Image-to-image translation: invert with the source class, decode with --target-class (conditional)."""
         inversion(profile, overrides, dry_run, nfe, decode_nfe, solver, update, device, indices, source_class,
-                  target_class=target_class, checkpoint=checkpoint, arm=arm, images=images, num_images=num_images,
-                  out=out)
+                  net_config, target_class=target_class, checkpoint=checkpoint, arm=arm, images=images,
+                  num_images=num_images, out=out)
 
     @app.command()
     def fid(profile: str = ProfileOpt, overrides: list[str] = OverridesArg, dry_run: bool = DryRunOpt,
-            arm: str = ArmOpt,
+            arm: str = ArmOpt, train_seed: int = TrainSeedOpt,
             nfe: int = typer.Option(None, "--nfe", min=1, help="NFE of the samples (default: every NFE of "
                                                                "sample.nfe)."),
             samples: str = typer.Option(None, "--samples", help="A sample set (.npz, PNG folder, EDM zip) instead of "
-                                                                "results/<profile>/samples/<arm>/nfe<k>.npz."),
+                                                                "results/<profile>/samples/<arm>/seed<k>/nfe<n>.npz."),
             out: str = typer.Option(None, "--out", "-o", help="Result json (default "
-                                                              "results/<profile>/fid/<arm>-nfe<k>.json)."),
+                                                              "results/<profile>/fid/<arm>-seed<k>-nfe<n>.json)."),
             isc: bool = typer.Option(None, "--isc/--no-isc", help="Also the Inception Score. Sets eval.isc."),
             kid: bool = typer.Option(None, "--kid/--no-kid", help="Also KID (needs reference='dataset'). Sets "
                                                                   "eval.kid."),
@@ -191,7 +220,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one closure per command
         from rfpp.eval.stage import run_fid
 
         with reported(*_errors()):
-            run_fid(config, arm=arm, nfe=nfe, samples=samples, out=out, skip_missing=skip_missing, log=typer.echo)
+            run_fid(config, arm=arm, seed=train_seed, nfe=nfe, samples=samples, out=out, skip_missing=skip_missing,
+                    log=typer.echo)
 
     @app.command()
     def report(profile: str = ProfileOpt, overrides: list[str] = OverridesArg, dry_run: bool = DryRunOpt,

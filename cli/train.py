@@ -8,7 +8,8 @@ from cli.common import EXIT_FAILURE, EXIT_USAGE, DryRunOpt, OverridesArg, Profil
 
 HELP = """One round of Reflow (2-rectified flow++) for one arm of the profile, or for every arm in turn.
 
-Writes results/<profile>/train/<arm>/: config.yaml, checkpoints/step-*.pt (model, EMA, optimizer, loss
+Each arm trains once per training seed (train.seeds; --train-seed picks one) into
+results/<profile>/train/<arm>/seed<k>/: config.yaml, checkpoints/step-*.pt (model, EMA, optimizer, loss
 scaler, RNG states, data position, config; the last train.keep_last and every train.keep_every kept) and,
 at the end, final.pt (the EMA student as an rfpp model file). Progress goes to MLflow (RFPP_TRACKING=off
 disables it).
@@ -36,6 +37,8 @@ def register(app: typer.Typer) -> None:
     @app.command(help=HELP)
     def train(profile: str = ProfileOpt, overrides: list[str] = OverridesArg, dry_run: bool = DryRunOpt,
               arm: str = typer.Option(None, help="Training arm (a key of train.arms); default: every arm in turn."),
+              train_seed: int = typer.Option(None, "--train-seed", min=0,
+                                             help="Training seed (one of train.seeds); default: every seed in turn."),
               resume: bool = typer.Option(False, help="Continue from the arm's newest checkpoint."),
               restart: bool = typer.Option(False, help="Start over (the old checkpoints are set aside, then "
                                                        "deleted at the new run's first checkpoint)."),
@@ -48,6 +51,10 @@ def register(app: typer.Typer) -> None:
         arms = list(config.train.arms)
         if arm is not None and arm not in arms:
             fail(f"unknown arm {arm!r}; the arms of profile {config.profile!r} are: {', '.join(arms)}", EXIT_USAGE)
+        seeds = list(config.train.seeds)
+        if train_seed is not None and train_seed not in seeds:
+            fail(f"training seed {train_seed} is not in train.seeds {seeds}; give one of them (or add it to the "
+                 "profile)", EXIT_USAGE)
 
         from rfpp.checkpoints import CheckpointError
         from rfpp.config import ConfigError
@@ -65,7 +72,9 @@ def register(app: typer.Typer) -> None:
         prefix = f"[rank {env.rank}] " if env.distributed else ""
         try:
             for name in [arm] if arm is not None else arms:
-                train_arm(config, name, resume=resume, restart=restart, until=until, progress=progress, env=env)
+                for seed in [train_seed] if train_seed is not None else seeds:
+                    train_arm(config, name, resume=resume, restart=restart, until=until, progress=progress, env=env,
+                              seed=seed)
         except (ConfigError, ResumeError) as err:
             fail(prefix + str(err), EXIT_USAGE)
         except (NonFiniteLossError, CheckpointError, TrainSetupError, PairSetError, PerceptualWeightsNotFoundError,

@@ -152,9 +152,12 @@ class ArmConfig:
 
 @section
 class TrainConfig:
-    """One round of Reflow: optimisation settings shared by every arm."""
+    """One round of Reflow: optimisation settings shared by every arm. Each arm trains once per seed of `seeds`
+    (its own job, student and scores; the teacher and the pairs are shared): the seed draws the student's data
+    order, timesteps and dropout (and a scratch init)."""
 
     arms: Annotated[dict[Name, ArmConfig], MinLen(1)] = field(default_factory=lambda: {"rfpp": ArmConfig()})
+    seeds: Annotated[list[NonNegative], MinLen(1)] = field(default_factory=lambda: [0])
     steps: Positive = 1000
     batch: Positive = 64
     lr: Num(Gt(0), Lt(1)) = 2e-4
@@ -184,7 +187,9 @@ class TrainConfig:
 
     @model_validator(mode="after")
     def _micro_batch_fits(self) -> TrainConfig:
-        """micro_batch ≤ every arm's batch (world-size divisibility is checked when a run starts)."""
+        """Each seed once; micro_batch ≤ every arm's batch (world-size divisibility is checked when a run starts)."""
+        if len(set(self.seeds)) < len(self.seeds):
+            raise ValueError(f"seeds: each seed once, got {self.seeds}")
         smallest = min((arm.batch or self.batch for arm in self.arms.values()), default=self.batch)
         if self.micro_batch is not None and self.micro_batch > smallest:
             raise ValueError(f"micro_batch: must be at most the batch ({smallest}), got {self.micro_batch}")
@@ -261,6 +266,14 @@ class EvalConfig:
     feature_steps: Positive = 600
 
 
+@section
+class ReportConfig:
+    """What the report compares: `compare` lists (arm, reference arm) pairs whose FIDs it differences seed by seed
+    (mean ± sd of the paired difference, and whether its sign holds in every seed)."""
+
+    compare: list[tuple[Name, Name]] = field(default_factory=list)
+
+
 @pydantic_dataclasses.dataclass(config=ConfigDict(extra="forbid", json_schema_extra={
     "$schema": "https://json-schema.org/draft/2020-12/schema", "required": ["profile"],  # load_config's rule
     "description": "an rfpp profile, params/<profile>.yaml (made by `python -m rfpp.config --schema`)"}))
@@ -268,7 +281,7 @@ class Config:
     """The whole run configuration of a profile."""
 
     profile: Name = "digits"  # results/<profile>/
-    seed: Int() = 0
+    seed: Int() = 0  # the teacher's and the feature classifier's training seed (a student's: train.seeds)
     device: Str = "auto"  # auto (a claimed GPU when there is one, else the CPU), cpu, cuda, cuda:1 …
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -276,9 +289,28 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    @model_validator(mode="after")
+    def _compared_arms_exist(self) -> Config:
+        for pair in self.report.compare:
+            unknown = [arm for arm in pair if arm not in self.train.arms]
+            if unknown or pair[0] == pair[1]:
+                raise ValueError(f"report.compare: {list(pair)} must name two different arms of train.arms "
+                                 f"({', '.join(self.train.arms)})")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def for_training_seed(self, seed: int) -> Config:
+        """This configuration as one training run sees it: `seed` and `train.seeds` = [seed] (what its checkpoints,
+        student and fingerprint record, so that adding a seed to the profile leaves the other seeds' runs valid).
+        ConfigError when `seed` is not one of train.seeds."""
+        if seed not in self.train.seeds:
+            raise ConfigError(f"training seed {seed} is not in train.seeds {self.train.seeds}; add it to the profile "
+                              f"(e.g. train.seeds=[{', '.join(str(s) for s in [*self.train.seeds, seed])}])")
+        return dataclasses.replace(self, seed=seed, train=dataclasses.replace(self.train, seeds=[seed]))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)

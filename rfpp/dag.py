@@ -1,10 +1,11 @@
 """The pipeline's DAG, stated once: Snakemake's rules and DVC's stages both come from `pipeline()`.
 
-    teacher → [features] → pairs_shard × shards → pairs → train × arms → sample × arms × NFEs
-            → fid × arms × NFEs → report
+    teacher → [features] → pairs_shard × shards → pairs → train × arms × seeds → sample × arms × seeds × NFEs
+            → fid × arms × seeds × NFEs → report
 
 Each `Stage` holds the one command its jobs run (`rfpp <stage> --profile <params file> …`), what they read and
-write (paths of rfpp.paths, with `{shard}`, `{arm}`, `{nfe}` wildcards), the values of those wildcards, and the
+write (paths of rfpp.paths, with `{shard}`, `{arm}`, `{seed}`, `{nfe}` wildcards; seeds are train.seeds, shared
+pairs and teacher), the values of those wildcards, and the
 profile sections that re-run it (rfpp.provenance.STAGE_SECTIONS, the same lists the outputs' fingerprints hold).
 workflow/rules/*.smk bind each rule to its stage; `rfpp dvc` writes dvc.yaml from the same list
 (`dvc_yaml`). The features stage exists only when the digits classifier is used (train.perceptual or
@@ -27,7 +28,7 @@ from rfpp.paths import ProfilePaths
 @dataclass(frozen=True)
 class Stage:
     """One rule of Snakemake, one (foreach/matrix) stage of DVC. `command`, `deps` and `outs` are patterns whose
-    `{shard}`/`{arm}`/`{nfe}` fields take the values of `over` (no fields: one job)."""
+    `{shard}`/`{arm}`/`{seed}`/`{nfe}` fields take the values of `over` (no fields: one job)."""
 
     name: str
     command: str
@@ -83,13 +84,14 @@ def pipeline(config: Config, params_file: str | Path, resume: bool = False) -> l
     paths = ProfilePaths.of(config.profile)
     rfpp = f"--profile {_escape(shlex.quote(str(params_file)))}"
     arms, nfes = tuple(config.train.arms), tuple(int(k) for k in config.sample.nfe)
+    seeds = tuple(int(k) for k in config.train.seeds)
     shards = tuple(range(config.pairs.num_shards))
     perceptual, fid_features = uses_classifier(config)
     teacher, features, manifest = str(paths.teacher), str(paths.features), str(paths.pairs_manifest)
     shard = paths.shard_files("{shard}")
-    student = str(paths.student("{arm}"))
-    samples = {k: str(v) for k, v in paths.sample_files("{arm}", "{nfe}").items()}
-    fid = str(paths.fid("{arm}", "{nfe}"))
+    student = str(paths.student("{arm}", "{seed}"))
+    samples = {k: str(v) for k, v in paths.sample_files("{arm}", "{seed}", "{nfe}").items()}
+    fid = str(paths.fid("{arm}", "{seed}", "{nfe}"))
     gpus = config.train.gpus
     train_cmd = ("rfpp train" if gpus == 1 else
                  f"python -m rfpp.devices --gpus {gpus} -- torchrun --standalone --nproc_per_node {gpus} "
@@ -106,18 +108,19 @@ def pipeline(config: Config, params_file: str | Path, resume: bool = False) -> l
               sections="pairs", gpu=1),
         Stage("pairs", f"rfpp pairs {rfpp} --finalize --num-shards {len(shards)}",
               (teacher, *(str(paths.shard_record(k)) for k in shards)), (manifest,), sections="pairs"),
-        Stage("train", f"{train_cmd} {rfpp} --arm {{arm}} {'--resume' if resume else '--restart'} --no-progress",
-              (manifest, teacher, *([features] if perceptual else [])), (student,), {"arm": arms},
+        Stage("train", f"{train_cmd} {rfpp} --arm {{arm}} --train-seed {{seed}} "
+              f"{'--resume' if resume else '--restart'} --no-progress",
+              (manifest, teacher, *([features] if perceptual else [])), (student,), {"arm": arms, "seed": seeds},
               sections="train", gpu=gpus),
-        Stage("sample", f"rfpp sample {rfpp} --arm {{arm}} --nfe {{nfe}}", (student,),
-              (samples["npz"], samples["json"], samples["png"]), {"arm": arms, "nfe": nfes}, sections="sample",
-              gpu=1),
-        Stage("fid", f"rfpp fid {rfpp} --arm {{arm}} --nfe {{nfe}}",
-              (samples["npz"], *([features] if fid_features else [])), (fid,), {"arm": arms, "nfe": nfes},
-              sections="fid", gpu=1, metrics=(fid,)),
+        Stage("sample", f"rfpp sample {rfpp} --arm {{arm}} --train-seed {{seed}} --nfe {{nfe}}", (student,),
+              (samples["npz"], samples["json"], samples["png"]), {"arm": arms, "seed": seeds, "nfe": nfes},
+              sections="sample", gpu=1),
+        Stage("fid", f"rfpp fid {rfpp} --arm {{arm}} --train-seed {{seed}} --nfe {{nfe}}",
+              (samples["npz"], *([features] if fid_features else [])), (fid,),
+              {"arm": arms, "seed": seeds, "nfe": nfes}, sections="fid", gpu=1, metrics=(fid,)),
         Stage("report", f"rfpp report {rfpp}",
-              tuple(str(p) for a, k in itertools.product(arms, nfes)
-                    for p in (paths.fid(a, k), paths.sample_files(a, k)["json"])),
+              tuple(str(p) for a, s, k in itertools.product(arms, seeds, nfes)
+                    for p in (paths.fid(a, s, k), paths.sample_files(a, s, k)["json"])),
               (str(paths.report), str(paths.report_dir)), plots=(str(paths.report_dir),)),
     ]
     return stages
@@ -130,7 +133,7 @@ def _escape(text: str) -> str:
 
 def dvc_yaml(config: Config, params_file: str | Path, resume: bool = False) -> dict[str, Any]:
     """dvc.yaml's content for `config`'s pipeline: one stage per `Stage`, a `foreach` over its one wildcard or a
-    `matrix` over two (DVC names the jobs `train@rfpp`, `sample@rfpp-2`), the profile sections as `params`, the
+    `matrix` over more (DVC names the jobs `train@rfpp-0`, `sample@rfpp-0-2`), the profile sections as `params`, the
     FID json as metrics (cached: `dvc metrics diff` reads old revisions from the cache) and the report's figures
     as plots."""
     from rfpp.provenance import STAGE_SECTIONS

@@ -51,23 +51,24 @@ class ProfilePaths:
         """A pair shard's record (.json) and arrays (images, labels .npy)."""
         return shard_files(self.pairs_dir, shard)
 
-    def train_dir(self, arm: str) -> Path:
-        return self.root / "train" / arm
+    def train_dir(self, arm: str, seed: int | str) -> Path:
+        """One training run: arm `arm` with training seed `seed` (train.seeds)."""
+        return self.root / "train" / arm / f"seed{seed}"
 
-    def student(self, arm: str) -> Path:
-        """The final EMA student of an arm, as an rfpp model file."""
-        return self.train_dir(arm) / "final.pt"
+    def student(self, arm: str, seed: int | str) -> Path:
+        """The final EMA student of an arm and seed, as an rfpp model file."""
+        return self.train_dir(arm, seed) / "final.pt"
 
-    def samples(self, arm: str, nfe: int | str) -> Path:
-        return self.root / "samples" / arm / f"nfe{nfe}.npz"
+    def samples(self, arm: str, seed: int | str, nfe: int | str) -> Path:
+        return self.root / "samples" / arm / f"seed{seed}" / f"nfe{nfe}.npz"
 
-    def sample_files(self, arm: str, nfe: int | str) -> dict[str, Path]:
+    def sample_files(self, arm: str, seed: int | str, nfe: int | str) -> dict[str, Path]:
         """A sample set (npz) with its metadata (json) and grid (png) beside it."""
-        npz = self.samples(arm, nfe)
+        npz = self.samples(arm, seed, nfe)
         return {"npz": npz, "json": npz.with_suffix(".json"), "png": npz.with_suffix(".png")}
 
-    def fid(self, arm: str, nfe: int) -> Path:
-        return self.root / "fid" / f"{arm}-nfe{nfe}.json"
+    def fid(self, arm: str, seed: int | str, nfe: int | str) -> Path:
+        return self.root / "fid" / f"{arm}-seed{seed}-nfe{nfe}.json"
 
     @property
     def report(self) -> Path:

@@ -9,7 +9,7 @@ Layout in MLflow (robust across processes; every stage is its own process under 
   marked FINISHED at once and only groups its children. If two processes create it concurrently,
   both then pick the earliest (start time, run id) and an empty duplicate is deleted;
 - one *child* run per stage invocation, tagged ``mlflow.parentRunId`` (the UI nests it under the
-  parent), ``rfpp.profile``, ``rfpp.stage``, ``rfpp.arm`` (where there is one), ``rfpp.group``,
+  parent), ``rfpp.profile``, ``rfpp.stage``, ``rfpp.arm`` and ``rfpp.seed`` (where there are), ``rfpp.group``,
   ``rfpp.code_version`` (``<rfpp.__version__>+<git sha>[-dirty]`` or ``+unknown``) and
   ``mlflow.source.git.commit``, and ``rfpp.host``, ``rfpp.pid``, ``rfpp.pid_start`` (the process's start
   time, /proc/<pid>/stat field 22). Select the children of one parent in the UI and "compare".
@@ -468,7 +468,7 @@ def _store_creation_lock(uri: str) -> Iterator[None]:
 
 
 def _begin(config: Any, stage: str, arm: str | None, run_name: str | None, tags: Mapping[str, Any] | None,
-           group: str | None) -> TrackedRun:
+           group: str | None, seed: int | None = None) -> TrackedRun:
     mlflow = _mlflow()
     uri = tracking_uri()
     profile = str(getattr(config, "profile", None) or _config_dict(config).get("profile", "default"))
@@ -491,8 +491,10 @@ def _begin(config: Any, stage: str, arm: str | None, run_name: str | None, tags:
                     "mlflow.source.type": "LOCAL"}
         if arm is not None:
             run_tags["rfpp.arm"] = arm
+        if seed is not None:
+            run_tags["rfpp.seed"] = str(seed)
         run_tags.update({k: str(v) for k, v in (tags or {}).items()})
-        name = run_name or (f"{stage}-{arm}" if arm else stage)
+        name = run_name or "-".join([stage, *([arm] if arm else []), *([f"seed{seed}"] if seed is not None else [])])
         run = _retry(lambda: client.create_run(
             experiment_id, run_name=name, tags={_key(k): str(v)[:MAX_TAG_VALUE] for k, v in run_tags.items()}))
     except TrackingError:
@@ -505,7 +507,8 @@ def _begin(config: Any, stage: str, arm: str | None, run_name: str | None, tags:
 
 @contextlib.contextmanager
 def start_run(config: Any, stage: str, arm: str | None = None, run_name: str | None = None,
-              tags: Mapping[str, Any] | None = None, group: str | None = None) -> Iterator[NullRun]:
+              tags: Mapping[str, Any] | None = None, group: str | None = None,
+              seed: int | None = None) -> Iterator[NullRun]:
     """Open one MLflow run for a stage invocation (a child of the profile's session parent).
 
     Yields a ``TrackedRun`` (or a ``NullRun`` with ``RFPP_TRACKING=off``). The run ends FINISHED,
@@ -515,7 +518,7 @@ def start_run(config: Any, stage: str, arm: str | None = None, run_name: str | N
     if not tracking_enabled():
         yield NullRun()
         return
-    run = _begin(config, stage, arm, run_name, tags, group)
+    run = _begin(config, stage, arm, run_name, tags, group, seed)
     try:
         yield run
     except KeyboardInterrupt:
@@ -535,13 +538,16 @@ def start_run(config: Any, stage: str, arm: str | None = None, run_name: str | N
 
 @contextlib.contextmanager
 def stage_run(config: Any, stage: str, arm: str | None = None, run_name: str | None = None,
-              tags: Mapping[str, Any] | None = None, enabled: bool = True) -> Iterator[NullRun]:
-    """The one way a stage opens its MLflow run: ``start_run`` with the resolved configuration logged. With
-    ``enabled`` False (a process other than rank 0) or ``RFPP_TRACKING=off`` it yields a ``NullRun``."""
+              tags: Mapping[str, Any] | None = None, enabled: bool = True, seed: int | None = None
+              ) -> Iterator[NullRun]:
+    """The one way a stage opens its MLflow run: ``start_run`` with the resolved configuration logged (a stage of
+    one training seed passes that seed's, Config.for_training_seed: parameter ``seed``, tag ``rfpp.seed``, run
+    name ``<stage>-<arm>-seed<k>``). With ``enabled`` False (a process other than rank 0) or
+    ``RFPP_TRACKING=off`` it yields a ``NullRun``."""
     if not enabled:
         yield NullRun()
         return
-    with start_run(config, stage=stage, arm=arm, run_name=run_name, tags=tags) as run:
+    with start_run(config, stage=stage, arm=arm, run_name=run_name, tags=tags, seed=seed) as run:
         run.log_config(config)
         yield run
 

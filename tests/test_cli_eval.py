@@ -21,7 +21,7 @@ from rfpp.nets import SongUNet
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(img_resolution=8, in_channels=1, out_channels=1, model_channels=8, channel_mult=[1], num_blocks=1,
             attn_resolutions=[], dropout=0.0)
-OVERRIDES = ["teacher.net.model_channels=8", "teacher.net.channel_mult=[1]"]
+OVERRIDES = ["teacher.net.model_channels=8", "teacher.net.channel_mult=[1]", "train.seeds=[0]"]
 COND = ["teacher.net.label_dim=3"]
 
 
@@ -36,7 +36,7 @@ def workdir(tmp_path, monkeypatch):
     """A results/ tree with a tiny unconditional student for arm 'rfpp' and a conditional one for 'cond'."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RFPP_TRACKING", "off")
-    save_model("results/digits/train/rfpp/final.pt", _net(), meta={"steps": 7, "weights": "ema", "ema": 0.99})
+    save_model("results/digits/train/rfpp/seed0/final.pt", _net(), meta={"steps": 7, "weights": "ema", "ema": 0.99})
     save_model("cond.pt", _net(label_dim=3))
     save_model("wide.pt", _net(model_channels=16))
     return tmp_path
@@ -54,7 +54,7 @@ def _out(result) -> str:
 def test_sample_npz_grid_and_meta(workdir):
     r = run("sample", "--nfe", "2", "--arm", "rfpp", "--num-samples", "20", "--batch", "8", *OVERRIDES)
     assert r.exit_code == 0, _out(r)
-    npz = workdir / "results/digits/samples/rfpp/nfe2.npz"
+    npz = workdir / "results/digits/samples/rfpp/seed0/nfe2.npz"
     with np.load(npz, allow_pickle=False) as data:
         assert data["images"].dtype == np.uint8 and data["images"].shape == (20, 1, 8, 8)
         assert (data["labels"] == -1).all() and list(data["indices"]) == list(range(20))
@@ -104,11 +104,11 @@ def test_png_and_zip_formats_schedule_and_heun(workdir):
     r = run("sample", "--arm", "rfpp", "--num-samples", "5", "--format", "png", "--schedule", "0.99999,0.6,0.2",
             *OVERRIDES)
     assert r.exit_code == 0, _out(r)
-    assert len(list((workdir / "results/digits/samples/rfpp/nfe3").glob("*.png"))) == 5
+    assert len(list((workdir / "results/digits/samples/rfpp/seed0/nfe3").glob("*.png"))) == 5
     r = run("sample", "--nfe", "3", "--solver", "heun", "--arm", "rfpp", "--num-samples", "4", "--format", "zip",
             *OVERRIDES)
     assert r.exit_code == 0, _out(r)
-    assert (workdir / "results/digits/samples/rfpp/nfe3.zip").exists()
+    assert (workdir / "results/digits/samples/rfpp/seed0/nfe3.zip").exists()
     r = run("sample", "--nfe", "2", "--solver", "heun", "--arm", "rfpp", "--num-samples", "4", *OVERRIDES)
     assert r.exit_code == 2 and "odd" in _out(r)  # --nfe and --solver are sample.* overrides: the config says no
     assert "--nfe (sample.nfe)" in r.stderr and "--solver" not in r.stderr  # the message names the keys it checks
@@ -181,11 +181,11 @@ def test_features_fid_sweep_and_report(workdir):
     r = run("fid", "--arm", "rfpp", "eval.num_samples=40", *OVERRIDES)
     assert r.exit_code == 0, _out(r)
     assert "digits-classifier features stand in for Inception" in r.output
-    result = json.loads((workdir / "results/digits/fid/rfpp-nfe2.json").read_text())
+    result = json.loads((workdir / "results/digits/fid/rfpp-seed0-nfe2.json").read_text())
     assert result["protocol"]["num_samples"] == 40 and result["sampling"]["nfe"] == 2
     assert result["sampling"]["checkpoint_step"] == 7 and result["sampling"]["ema"] is True
     assert result["protocol"]["feature_net"] == "digits-classifier" and result["straightness"] is not None
-    assert (workdir / "results/digits/fid/rfpp-nfe1.json").exists()
+    assert (workdir / "results/digits/fid/rfpp-seed0-nfe1.json").exists()
     r = run("fid", "--skip-missing", "eval.num_samples=40", *OVERRIDES)  # 'baseline' has no samples
     assert r.exit_code == 0 and "skipping baseline" in r.output
     r = run("report", *OVERRIDES)

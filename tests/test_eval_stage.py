@@ -21,7 +21,7 @@ from rfpp.paths import ProfilePaths
 
 TINY = dict(img_resolution=8, in_channels=1, out_channels=1, model_channels=8, channel_mult=[1], num_blocks=1,
             attn_resolutions=[], dropout=0.0)
-OVERRIDES = ["teacher.net.model_channels=8", "teacher.net.channel_mult=[1]"]
+OVERRIDES = ["teacher.net.model_channels=8", "teacher.net.channel_mult=[1]", "train.seeds=[0]"]
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RFPP_TRACKING", "off")
     torch.manual_seed(0)
-    save_model(ProfilePaths.of("digits").student("rfpp"), SongUNet(label_dim=0, **TINY), meta={"steps": 3})
+    save_model(ProfilePaths.of("digits").student("rfpp", 0), SongUNet(label_dim=0, **TINY), meta={"steps": 3})
     return tmp_path
 
 
@@ -41,7 +41,7 @@ def test_run_sample_writes_what_the_command_with_shorthands_writes(workdir):
                                     "sample.num_samples=6", "sample.batch=4"])
     said: list[str] = []
     written = run_sample(config, arm="rfpp", out="lib.npz", progress=False, log=said.append)
-    assert [str(w["samples"]) for w in written] == ["lib.npz"] and said[0].startswith("rfpp: 6 samples at NFE 2")
+    assert [str(w["samples"]) for w in written] == ["lib.npz"] and said[0].startswith("rfpp seed 0: 6 samples at NFE 2")
     with np.load("cli.npz") as a, np.load("lib.npz") as b:
         assert np.array_equal(a["images"], b["images"])
         meta_a, meta_b = json.loads(str(a["meta"])), json.loads(str(b["meta"]))

@@ -80,7 +80,7 @@ def test_killing_snakemake_with_sigkill_leaves_no_training_job(tmp_path):
     profile["train"].update(steps=100000, ckpt_every=100000, num_workers=1)
     work = make_workspace(tmp_path, {"tiny": profile}).resolve()
     log = open(tmp_path / "snakemake.log", "w")
-    smk = subprocess.Popen([SNAKEMAKE, "results/tiny/train/baseline/final.pt", "--cores", "2", "--config",
+    smk = subprocess.Popen([SNAKEMAKE, "results/tiny/train/baseline/seed0/final.pt", "--cores", "2", "--config",
                             "profile=tiny"], cwd=work, env=env(), stdout=log, stderr=subprocess.STDOUT,
                            start_new_session=True)
     deadline = time.monotonic() + 240

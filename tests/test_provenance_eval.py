@@ -30,7 +30,7 @@ from rfpp.provenance import difference
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(img_resolution=8, in_channels=1, out_channels=1, model_channels=8, channel_mult=[1], num_blocks=1,
             attn_resolutions=[], dropout=0.0)
-OVERRIDES = ["teacher.net.model_channels=8", "teacher.net.channel_mult=[1]"]
+OVERRIDES = ["teacher.net.model_channels=8", "teacher.net.channel_mult=[1]", "train.seeds=[0]"]
 PATHS = ProfilePaths.of("digits")
 
 
@@ -40,7 +40,7 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RFPP_TRACKING", "off")
     torch.manual_seed(0)
-    save_model(PATHS.student("rfpp"), SongUNet(label_dim=0, **TINY), meta={"steps": 7, "weights": "ema"})
+    save_model(PATHS.student("rfpp", 0), SongUNet(label_dim=0, **TINY), meta={"steps": 7, "weights": "ema"})
     return tmp_path
 
 
@@ -61,7 +61,7 @@ def test_a_sample_set_is_written_by_one_process_and_records_what_made_it(workdir
     """A real `rfpp sample` holds samples/rfpp/.nfe1.lock while it samples: a second one on the same set fails at
     once naming its pid; after kill -9 the lock is gone with it. The sample meta records the student's verified
     tensor digest and a fingerprint of the SamplingSpec used."""
-    target = PATHS.samples("rfpp", 1)
+    target = PATHS.samples("rfpp", 0, 1)
     env = {**os.environ, "RFPP_TRACKING": "off", "PYTHONPATH": str(ROOT),
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     log = workdir / "first.log"
@@ -70,7 +70,7 @@ def test_a_sample_set_is_written_by_one_process_and_records_what_made_it(workdir
                                   "--batch", "500", *OVERRIDES], cwd=workdir, env=env, stdout=handle, stderr=handle)
     try:
         lock = lock_path(target)
-        assert lock == Path("results/digits/samples/rfpp/.nfe1.lock")
+        assert lock == Path("results/digits/samples/rfpp/seed0/.nfe1.lock")
         deadline = time.monotonic() + 120
         while not (lock.exists() and lock.read_text().strip() == str(first.pid)):
             assert first.poll() is None, log.read_text()[-3000:]
@@ -91,7 +91,7 @@ def test_a_sample_set_is_written_by_one_process_and_records_what_made_it(workdir
     third = run("sample", "--nfe", "1", "--arm", "rfpp", "--num-samples", "4", *OVERRIDES)
     assert third.exit_code == 0, _out(third)
     meta = _meta(target)
-    digest = model_digest(PATHS.student("rfpp"))
+    digest = model_digest(PATHS.student("rfpp", 0))
     assert meta["checkpoint_tensors_sha256"] == digest
     made_by = meta["fingerprint"]
     assert made_by["stage"] == "sample" and made_by["inputs"] == {"student": digest}
@@ -108,7 +108,7 @@ def test_an_nfe_the_first_grid_point_cannot_serve_is_refused_before_sampling(wor
     message = r.stderr.strip()
     assert len(message.splitlines()) == 1 and "second point 0.999" in message
     assert "--t-start (sample.t_start)" in message and "--nfe" in message
-    assert "sampling" not in _out(r) and not PATHS.samples("rfpp", 1000).exists()
+    assert "sampling" not in _out(r) and not PATHS.samples("rfpp", 0, 1000).exists()
 
 
 def test_an_unwritable_sample_directory_is_found_before_sampling(workdir):
@@ -133,8 +133,8 @@ def test_fid_records_its_samples_and_the_report_finds_a_stale_fid(workdir, featu
     assert run("sample", "--nfe", "1", "--arm", "rfpp", "--num-samples", "40", *OVERRIDES).exit_code == 0
     r = run(*fid_args)
     assert r.exit_code == 0, _out(r)
-    samples = PATHS.samples("rfpp", 1)
-    recorded = json.loads(PATHS.fid("rfpp", 1).read_text())["samples"]
+    samples = PATHS.samples("rfpp", 0, 1)
+    recorded = json.loads(PATHS.fid("rfpp", 0, 1).read_text())["samples"]
     assert recorded["sha256"] == file_sha256(samples)
     assert recorded["fingerprint"] == _meta(samples)["fingerprint"]["id"]
     r = run("report", *OVERRIDES)
@@ -146,9 +146,9 @@ def test_fid_records_its_samples_and_the_report_finds_a_stale_fid(workdir, featu
     assert r.exit_code == 1, _out(r)
     message = r.stderr.strip()
     assert len(message.splitlines()) == 1 and "stale" in message and str(samples) in message
-    assert "rfpp fid --profile digits --arm rfpp --nfe 1" in message
+    assert "rfpp fid --profile digits --arm rfpp --train-seed 0 --nfe 1" in message
     text = PATHS.report.read_text()
-    assert "(stale)" in text and "rfpp fid --profile digits --arm rfpp --nfe 1" in text
+    assert "(stale)" in text and "rfpp fid --profile digits --arm rfpp --train-seed 0 --nfe 1" in text
     assert run(*fid_args).exit_code == 0
     r = run("report", *OVERRIDES)
     assert r.exit_code == 0, _out(r)
@@ -162,7 +162,7 @@ def test_fid_refuses_samples_of_another_shape_and_an_unwritable_result_folder(wo
     assert r.exit_code == 1, _out(r)
     message = r.stderr.strip()
     assert len(message.splitlines()) == 1 and "3x16x16" in message and "1x8x8" in message
-    assert not PATHS.fid("rgb16", 1).exists()
+    assert not PATHS.fid("rgb16", 0, 1).exists()
 
     assert run("sample", "--nfe", "1", "--arm", "rfpp", "--num-samples", "40", *OVERRIDES).exit_code == 0
     (workdir / "blocker").write_text("a file")
@@ -183,9 +183,9 @@ def test_report_without_results_fails_naming_where_it_looked(workdir):
 def test_a_student_with_flipped_tensor_bytes_is_refused_by_sample(workdir):
     """16 bytes flipped in the tensor data of final.pt: `rfpp sample` names the file and says to re-create it
     (before, it loaded the weights and sampled: FID 5.55 instead of 5.26 on digits)."""
-    student = PATHS.student("rfpp")
+    student = PATHS.student("rfpp", 0)
     flip_tensor_bytes(student, 16)
     result = run("sample", "--nfe", "1", "--arm", "rfpp", "--num-samples", "4", *OVERRIDES)
     assert result.exit_code == 1, _out(result)
     assert f"{student} is corrupted" in _out(result) and "re-create" in _out(result)
-    assert not PATHS.samples("rfpp", 1).exists()
+    assert not PATHS.samples("rfpp", 0, 1).exists()

@@ -26,7 +26,7 @@ from rfpp.checkpoints import CheckpointError, file_sha256, load_model, model_dig
 from rfpp.provenance import LockedError, fingerprint, output_lock, seal, stage_settings  # noqa: E402
 from rfpp.train import ResumeError, list_checkpoints, read_checkpoint, train_arm  # noqa: E402
 
-ARM = "results/tiny/train/baseline"
+ARM = "results/tiny/train/baseline/seed0"
 
 
 def fresh(world: Path, dest: Path) -> Path:
@@ -105,7 +105,7 @@ def test_rank_checksums_must_agree_with_the_weights(world, tmp_path):
     root = fresh(world, tmp_path / "w")
     config, paths = world_config(root)
     train_arm(config, "baseline", paths, until=3, progress=False)
-    path = list_checkpoints(paths.train_dir("baseline") / "checkpoints")[0][1]
+    path = list_checkpoints(paths.train_dir("baseline", 0) / "checkpoints")[0][1]
     payload = torch.load(path, map_location="cpu", weights_only=True)
     good = payload["rank_checksums"][0]
     for sums in ([good, "0" * 64], ["0" * 64]):
@@ -124,10 +124,11 @@ def test_final_model_records_its_fingerprint_and_a_resume_refuses_other_inputs(w
     manifest = json.loads(paths.pairs_manifest.read_text())
     pairs_id = (manifest.get("fingerprint") or {}).get("id") or file_sha256(paths.pairs_manifest)
     inputs = {"pairs": pairs_id, "teacher": model_digest(paths.teacher)}
-    _, info = load_model(paths.student("baseline"))
-    expected = fingerprint("train", "rfpp.model/1", stage_settings(config, "train", "baseline"), inputs)
+    _, info = load_model(paths.student("baseline", 0))
+    expected = fingerprint("train", "rfpp.model/1", stage_settings(config.for_training_seed(0), "train", "baseline"),
+                           inputs)
     assert info["meta"]["fingerprint"] == expected
-    last = list_checkpoints(paths.train_dir("baseline") / "checkpoints")[-1][1]
+    last = list_checkpoints(paths.train_dir("baseline", 0) / "checkpoints")[-1][1]
     assert read_checkpoint(last)["inputs"] == inputs
 
     train_arm(config, "baseline", paths, restart=True, until=3, progress=False)
@@ -141,12 +142,12 @@ def test_a_held_arm_lock_stops_a_run_before_it_reads_or_writes(world, tmp_path):
     root = fresh(world, tmp_path / "w")
     config, paths = world_config(root)
     train_arm(config, "baseline", paths, until=3, progress=False)
-    ckpts = paths.train_dir("baseline") / "checkpoints"
+    ckpts = paths.train_dir("baseline", 0) / "checkpoints"
     before = snapshot(ckpts)
-    with output_lock(paths.train_dir("baseline") / ".lock", "a test"):
+    with output_lock(paths.train_dir("baseline", 0) / ".lock", "a test"):
         with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
             train_arm(config, "baseline", paths, restart=True, progress=False)
-    assert snapshot(ckpts) == before and not (paths.train_dir("baseline") / "checkpoints.previous").exists()
+    assert snapshot(ckpts) == before and not (paths.train_dir("baseline", 0) / "checkpoints.previous").exists()
 
 
 @pytest.mark.slow

@@ -39,6 +39,7 @@ def small_profile() -> dict:
     profile = tiny_profile("tiny")
     profile["pairs"]["num_shards"] = 1
     profile["train"]["arms"] = {"rfpp": profile["train"]["arms"]["rfpp"]}
+    profile["report"]["compare"] = []  # one arm: nothing to compare
     profile["sample"]["nfe"] = [1]
     return profile
 

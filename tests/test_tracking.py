@@ -386,13 +386,13 @@ def test_a_corrupt_store_fails_any_stage_in_one_line(store: str, tmp_path: Path)
     with db.open("r+b") as handle:
         handle.write(os.urandom(4096))
     uri = f"sqlite:///{db}"
-    save_model(tmp_path / "results/digits/train/rfpp/final.pt",
+    save_model(tmp_path / "results/digits/train/rfpp/seed0/final.pt",
                SongUNet(img_resolution=8, in_channels=1, out_channels=1, model_channels=8, channel_mult=[1],
                         num_blocks=1, attn_resolutions=[], dropout=0.0))
     env = {**os.environ, **QUIET_ENV, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT),
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     env.pop("RFPP_TRACKING", None)
-    small = ["teacher.net.model_channels=8", "teacher.net.channel_mult=[1]"]
+    small = ["teacher.net.model_channels=8", "teacher.net.channel_mult=[1]", "train.seeds=[0]"]
     stages = [subprocess.Popen(["rfpp", *args, *small], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
               for args in (["sample", "--nfe", "1", "--arm", "rfpp", "--num-samples", "4"], ["teacher"])]
@@ -402,7 +402,7 @@ def test_a_corrupt_store_fails_any_stage_in_one_line(store: str, tmp_path: Path)
         lines = errout.strip().splitlines()
         assert len(lines) == 1, errout[-3000:]
         assert uri in lines[0] and "RFPP_TRACKING=off" in lines[0] and f"move the damaged store {db} away" in lines[0]
-    assert not (tmp_path / "results/digits/samples/rfpp/nfe1.npz").exists()
+    assert not (tmp_path / "results/digits/samples/rfpp/seed0/nfe1.npz").exists()
     assert not (tmp_path / "results/digits/teacher/teacher.pt").exists()
 
 

@@ -122,7 +122,7 @@ def test_stopped_and_resumed_run_is_bitwise_equal_and_never_reloads_the_teacher(
     b = fresh(world, tmp_path / "b")
     config_b, paths_b = world_config(b, over)
     part = train_arm(config_b, "baseline", paths_b, until=3, progress=False)
-    assert not part.finished and part.step == 3 and not paths_b.student("baseline").exists()
+    assert not part.finished and part.step == 3 and not paths_b.student("baseline", 0).exists()
     save_model(paths_b.teacher, tiny_teacher(seed=99), meta={"source": "another teacher"})
     with pytest.raises(ResumeError, match="--resume"):
         train_arm(config_b, "baseline", paths_b, progress=False)
@@ -132,9 +132,9 @@ def test_stopped_and_resumed_run_is_bitwise_equal_and_never_reloads_the_teacher(
     rest = train_arm(config_b, "baseline", paths_b, resume=True, progress=False)
     assert rest.resumed_from == 3 and rest.finished
 
-    assert_bitwise(weights(paths.student("baseline")), weights(paths_b.student("baseline")))
-    ca = read_checkpoint(list_checkpoints(paths.train_dir("baseline") / "checkpoints")[-1][1])
-    cb = read_checkpoint(list_checkpoints(paths_b.train_dir("baseline") / "checkpoints")[-1][1])
+    assert_bitwise(weights(paths.student("baseline", 0)), weights(paths_b.student("baseline", 0)))
+    ca = read_checkpoint(list_checkpoints(paths.train_dir("baseline", 0) / "checkpoints")[-1][1])
+    cb = read_checkpoint(list_checkpoints(paths_b.train_dir("baseline", 0) / "checkpoints")[-1][1])
     assert_bitwise(ca["model"], cb["model"])
     assert_bitwise(ca["ema"], cb["ema"])
     assert torch.equal(ca["t_hist"], cb["t_hist"]) and ca["t_hist"].sum() == 6 * 8
@@ -142,7 +142,7 @@ def test_stopped_and_resumed_run_is_bitwise_equal_and_never_reloads_the_teacher(
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert ca["data"] == cb["data"] == {"position": 48, "batch": 8, "seed": 0, "world": 1, "micro_batch": 4}
     # the report reads a checkpoint's metrics alone (memory-mapped), the same ones the verified read gives
-    newest = list_checkpoints(paths.train_dir("baseline") / "checkpoints")[-1][1]
+    newest = list_checkpoints(paths.train_dir("baseline", 0) / "checkpoints")[-1][1]
     assert checkpoint_metrics(newest) == ca["metrics"] and "images_per_s" in ca["metrics"]
 
 
@@ -164,13 +164,13 @@ def test_init_teacher_starts_from_the_teacher_and_scratch_does_not(world, tmp_pa
     config, paths = world_config(root, ["train.lr=1e-12", "train.steps=1", "train.dropout=0.0"])
     train_arm(config, "baseline", paths, progress=False)
     teacher = weights(paths.teacher)
-    student = weights(paths.student("baseline"))
+    student = weights(paths.student("baseline", 0))
     assert all(torch.allclose(student[k], teacher[k], atol=1e-6) for k in teacher)
     scratch, _ = world_config(root, ["train.lr=1e-12", "train.steps=1", "train.arms.baseline.init=scratch"])
     train_arm(scratch, "baseline", paths, restart=True, progress=False)
-    student = weights(paths.student("baseline"))
+    student = weights(paths.student("baseline", 0))
     assert not all(torch.allclose(student[k], teacher[k], atol=1e-3) for k in teacher)
-    velocity, info = load_model(paths.student("baseline"))
+    velocity, info = load_model(paths.student("baseline", 0))
     assert info["meta"]["weights"] == "ema" and info["meta"]["steps"] == 1
     assert info["net_kwargs"]["dropout"] == 0.1  # the student's net is built with train.dropout
 
@@ -199,7 +199,7 @@ def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(world, tmp_path, mon
     config, paths = world_config(root, [f"train.nonfinite={mode}"])
     real = train_loop.build_loss
     monkeypatch.setattr(train_loop, "build_loss", lambda *a: _PoisonAt(real(*a), at=5))
-    ckpts = paths.train_dir("baseline") / "checkpoints"
+    ckpts = paths.train_dir("baseline", 0) / "checkpoints"
     if mode == "stop":
         message = r"step 5 of arm 'baseline'.*last good checkpoint is .*step-00000003"
         with pytest.raises(NonFiniteLossError, match=message):
@@ -207,12 +207,12 @@ def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(world, tmp_path, mon
         assert [s for s, _ in list_checkpoints(ckpts)] == [3]
         good = read_checkpoint(list_checkpoints(ckpts)[0][1])
         assert all(torch.isfinite(v).all() for v in good["model"].values())
-        assert not paths.student("baseline").exists()
+        assert not paths.student("baseline", 0).exists()
     else:
         result = train_arm(config, "baseline", paths, progress=False)
         assert result.finished and result.skipped == 1
         assert read_checkpoint(list_checkpoints(ckpts)[-1][1])["skipped"] == 1
-        assert all(torch.isfinite(v).all() for v in weights(paths.student("baseline")).values())
+        assert all(torch.isfinite(v).all() for v in weights(paths.student("baseline", 0)).values())
 
 
 # ---- every arm kind ------------------------------------------------------------------------------------------
@@ -245,13 +245,13 @@ def test_every_arm_kind_trains_a_few_steps(world, tmp_path, monkeypatch, torch_h
     expected = {"l2-squared": {"loss_l2_squared"}, "pseudo-huber": {"loss_pseudo_huber"},
                 "lpips": {"loss_lpips"}}.get(loss, {"loss_lpips", "loss_pseudo_huber"})
     assert expected <= set(result.metrics)
-    _, info = load_model(paths.student("arm"))
+    _, info = load_model(paths.student("arm", 0))
     assert info["meta"]["loss"] == loss
     if "lpips" in loss:
         pool = "maxpool" if perceptual.endswith("maxpool") else "avgpool"
         described = info["meta"]["perceptual"]
         assert described.startswith(f"{loss}; ") and f"lpips-vgg16-{pool}" in described
-    samples = paths.train_dir("arm") / "samples"
+    samples = paths.train_dir("arm", 0) / "samples"
     assert (samples / "timesteps.png").exists() and (samples / "step-00000002-nfe1.png").exists()
 
 
@@ -266,7 +266,7 @@ def test_digits_classifier_perceptual(world, tmp_path):
     torch.manual_seed(0)
     save_feature_net(paths.features, DigitsClassifier(resolution=8), {"accuracy": 0.1})
     train_arm(config, "arm", paths, restart=True, progress=False)
-    _, info = load_model(paths.student("arm"))
+    _, info = load_model(paths.student("arm", 0))
     assert "feature-lpips(digits-classifier)" in info["meta"]["perceptual"]
     assert info["meta"]["fingerprint"]["inputs"]["perceptual"] == file_sha256(paths.features)
 
@@ -277,7 +277,7 @@ def test_mixed_precision_runs_on_cpu(world, tmp_path, precision):
     config, paths = world_config(root, ["train.steps=2", f"train.precision={precision}", "train.channels_last=true"])
     result = train_arm(config, "huber", paths, progress=False)
     assert result.finished and torch.isfinite(torch.tensor(result.metrics["loss"]))
-    ckpt = read_checkpoint(list_checkpoints(paths.train_dir("huber") / "checkpoints")[-1][1])
+    ckpt = read_checkpoint(list_checkpoints(paths.train_dir("huber", 0) / "checkpoints")[-1][1])
     assert (ckpt["scaler"] is not None) == (precision == "fp16")
 
 
@@ -297,7 +297,7 @@ def test_compiled_training_matches_eager_and_resumes_bitwise(tmp_path):
     compiled = fresh(world, tmp_path / "compiled")
     config_c, paths_c = world_config(compiled, [*over, "train.compile=true"])
     assert train_arm(config_c, "huber", paths_c, progress=False).finished
-    a, b = weights(paths.student("huber")), weights(paths_c.student("huber"))
+    a, b = weights(paths.student("huber", 0)), weights(paths_c.student("huber", 0))
     assert a.keys() == b.keys()  # no torch.compile prefixes in the saved student
     teacher = tiny_teacher(net=ONE_LEVEL_NET).state_dict()
     moved = sum((a[k] - teacher[k]).square().sum() for k in a).sqrt()
@@ -308,7 +308,33 @@ def test_compiled_training_matches_eager_and_resumes_bitwise(tmp_path):
     config_r, paths_r = world_config(resumed, [*over, "train.compile=true"])
     train_arm(config_r, "huber", paths_r, until=2, progress=False)
     assert train_arm(config_r, "huber", paths_r, resume=True, progress=False).resumed_from == 2
-    assert_bitwise(b, weights(paths_r.student("huber")))
+    assert_bitwise(b, weights(paths_r.student("huber", 0)))
+
+
+def test_each_training_seed_has_its_own_student_and_a_seed_gives_the_same_one_again(world, tmp_path):
+    """train.seeds=[0, 1]: each seed trains into train/<arm>/seed<k>/ (its own data order, timesteps and dropout);
+    the same seed in another profile that lists more seeds gives the bitwise same student with the same
+    fingerprint (adding a seed leaves the others' runs valid); a seed outside train.seeds, or none when there are
+    several, is a ConfigError."""
+    over = ["train.steps=3", "train.ckpt_every=3"]
+    root = fresh(world, tmp_path / "a")
+    config, paths = world_config(root, [*over, "train.seeds=[0, 1]"])
+    for seed in (0, 1):
+        assert train_arm(config, "baseline", paths, progress=False, seed=seed).finished
+    other = fresh(world, tmp_path / "b")
+    config_b, paths_b = world_config(other, [*over, "train.seeds=[5, 0, 1]"])
+    train_arm(config_b, "baseline", paths_b, progress=False, seed=0)
+
+    seed0, seed1, again = (weights(p.student("baseline", k)) for p, k in ((paths, 0), (paths, 1), (paths_b, 0)))
+    assert_bitwise(seed0, again)
+    assert any(not torch.equal(seed0[k], seed1[k]) for k in seed0), "two seeds trained the same student"
+    infos = [load_model(p.student("baseline", k))[1]["meta"] for p, k in ((paths, 0), (paths, 1), (paths_b, 0))]
+    assert [i["seed"] for i in infos] == [0, 1, 0] and infos[0]["config"]["train"]["seeds"] == [0]
+    assert infos[0]["fingerprint"]["id"] == infos[2]["fingerprint"]["id"] != infos[1]["fingerprint"]["id"]
+    with pytest.raises(ConfigError, match=r"training seed 7 is not in train.seeds \[0, 1\]"):
+        train_arm(config, "baseline", paths, progress=False, seed=7)
+    with pytest.raises(ConfigError, match="name one"):
+        train_arm(config, "baseline", paths, progress=False)
 
 
 # ---- the command ---------------------------------------------------------------------------------------------
@@ -327,8 +353,8 @@ def test_cli_exit_codes_and_all_arms(world, tmp_path):
         assert res.exit_code == 0 and "steps: 3" in res.output
         res = runner.invoke(app, ["train", "--profile", profile, "--no-progress", "train.steps=2"])
         assert res.exit_code == 0, res.output
-        assert all((root / "results/tiny/train" / arm / "final.pt").exists() for arm in ("baseline", "huber"))
-        assert (root / "results/tiny/train/baseline/config.yaml").exists()
+        assert all((root / "results/tiny/train" / arm / "seed0" / "final.pt").exists() for arm in ("baseline", "huber"))
+        assert (root / "results/tiny/train/baseline/seed0/config.yaml").exists()
         res = runner.invoke(app, ["train", "--profile", profile, "--arm", "baseline", "train.steps=2"])
         assert res.exit_code == 2 and "--resume" in res.output
         res = runner.invoke(app, ["train", "--profile", profile, "--arm", "baseline", "--resume", "train.lr=0.1"])

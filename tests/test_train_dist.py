@@ -53,9 +53,9 @@ def test_torchrun_two_processes_keep_gradients_in_sync(world, tmp_path, monkeypa
            "baseline", "--no-progress", *over]
     proc = subprocess.run(cmd, cwd=root, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("[train baseline] starting from the teacher") == 1  # rank 0 alone logs
+    assert proc.stderr.count("[train baseline seed 0] starting from the teacher") == 1  # rank 0 alone logs
     config, paths = world_config(root, over)
-    ckpts = list_checkpoints(paths.train_dir("baseline") / "checkpoints")
+    ckpts = list_checkpoints(paths.train_dir("baseline", 0) / "checkpoints")
     assert [s for s, _ in ckpts] == [4]
     ckpt = read_checkpoint(ckpts[0][1])
     assert ckpt["data"]["world"] == 2 and len(ckpt["rng"]) == 2
@@ -67,8 +67,8 @@ def test_torchrun_two_processes_keep_gradients_in_sync(world, tmp_path, monkeypa
     single = _copy(world, tmp_path / "single")
     config1, paths1 = world_config(single, over)
     train_arm(config1, "baseline", paths1, progress=False)
-    ddp_w = load_state(paths.student("baseline"))["state_dict"]
-    one_w = load_state(paths1.student("baseline"))["state_dict"]
+    ddp_w = load_state(paths.student("baseline", 0))["state_dict"]
+    one_w = load_state(paths1.student("baseline", 0))["state_dict"]
     moved = 0
     teacher = load_state(paths.teacher)["state_dict"]
     for key in ddp_w:
@@ -85,7 +85,7 @@ def test_sigkilled_run_resumes_bitwise_equal(world, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     run = _copy(world, tmp_path / "run")
-    ckpt_dir = run / "results/tiny/train/baseline/checkpoints"
+    ckpt_dir = run / "results/tiny/train/baseline/seed0/checkpoints"
     victim = subprocess.Popen(_train_cmd("--arm", "baseline", *over), cwd=run, env=_env(), start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
@@ -96,7 +96,7 @@ def test_sigkilled_run_resumes_bitwise_equal(world, tmp_path):
     os.killpg(victim.pid, signal.SIGKILL)  # the trainer and its data-loader workers, mid-run
     victim.wait(timeout=60)
     assert victim.returncode == -signal.SIGKILL
-    assert not (run / "results/tiny/train/baseline/final.pt").exists()
+    assert not (run / "results/tiny/train/baseline/seed0/final.pt").exists()
     killed_at = [s for s, _ in list_checkpoints(ckpt_dir)]
     assert killed_at and max(killed_at) < 15
 
@@ -104,10 +104,10 @@ def test_sigkilled_run_resumes_bitwise_equal(world, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from" in proc.stderr
-    a = load_state(ref / "results/tiny/train/baseline/final.pt")["state_dict"]
-    b = load_state(run / "results/tiny/train/baseline/final.pt")["state_dict"]
+    a = load_state(ref / "results/tiny/train/baseline/seed0/final.pt")["state_dict"]
+    b = load_state(run / "results/tiny/train/baseline/seed0/final.pt")["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ca = read_checkpoint(ref / "results/tiny/train/baseline/checkpoints/step-00000015.pt")
+    ca = read_checkpoint(ref / "results/tiny/train/baseline/seed0/checkpoints/step-00000015.pt")
     cb = read_checkpoint(ckpt_dir / "step-00000015.pt")
     assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
     assert [s for s, _ in list_checkpoints(ckpt_dir)] == [15]  # keep_last=1 pruned the rest
@@ -133,7 +133,7 @@ def test_mlflow_records_params_metrics_and_artifacts(world, tmp_path, monkeypatc
         assert key in run.data.metrics, key
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 4
     assert len(client.get_metric_history(run.info.run_id, "straightness")) == 2  # step 2 and the end
-    assert run.data.tags["rfpp.final_model"].endswith("train/huber/final.pt")
+    assert run.data.tags["rfpp.final_model"].endswith("train/huber/seed0/final.pt")
     assert "pseudo-huber" in run.data.tags["rfpp.loss"]
     names = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
     assert {"samples/step-00000002-nfe1.png", "samples/step-00000004-nfe2.png"} <= names

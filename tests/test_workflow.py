@@ -28,7 +28,7 @@ def tiny_profile(name: str = "tiny") -> dict:
     p["teacher"]["net"].update(model_channels=8, channel_mult=[1])
     p["teacher"].update(steps=2, batch=16)
     p["pairs"].update(count=64, num_shards=2, steps=3, batch=16)
-    p["train"].update(steps=4, batch=16, warmup=1, eval_every=0)
+    p["train"].update(steps=4, batch=16, warmup=1, eval_every=0, seeds=[0])  # one training seed (DVC's test: two)
     p["sample"].update(num_samples=32, batch=32, grid=16)
     p["eval"].update(num_samples=32, feature_steps=200)  # the classifier: 200 steps reach ~95% held-out accuracy
     return p
@@ -118,10 +118,14 @@ def test_dry_run(profile):
     for job in jobs:
         count[job["rule"]] = count.get(job["rule"], 0) + 1
     arms, nfes = len(params["train"]["arms"]), len(params["sample"]["nfe"])
+    seeds = len(params["train"].get("seeds", [0]))  # a job per arm and training seed (digits: three seeds)
     digits = params["eval"]["feature_net"] == "digits-classifier"
-    assert count == {"teacher": 1, "pairs_shard": params["pairs"]["num_shards"], "pairs": 1, "train": arms,
-                     "sample": arms * nfes, "fid": arms * nfes, "report": 1, "all": 1,
+    assert count == {"teacher": 1, "pairs_shard": params["pairs"]["num_shards"], "pairs": 1, "train": arms * seeds,
+                     "sample": arms * seeds * nfes, "fid": arms * seeds * nfes, "report": 1, "all": 1,
                      **({"features": 1} if digits else {})}
+    trained = sorted(o for j in jobs if j["rule"] == "train" for o in j["output"])
+    assert trained == sorted(f"results/{profile}/train/{a}/seed{k}/final.pt" for a in params["train"]["arms"]
+                             for k in params["train"].get("seeds", [0]))
     for job in jobs:
         if job["rule"] in ("pairs_shard", "sample", "fid", "train"):
             assert job["resources"].get("gpu") == "1", job
@@ -249,7 +253,7 @@ def profiles_project(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_snakemake_and_dvc_make_the_same_jobs_for_every_profile(profile, profiles_project):
-    """`rfpp dvc --profile P` writes the dvc.yaml whose jobs (stage, arm, NFE, shard) are Snakemake's for P, with
+    """`rfpp dvc --profile P` writes the dvc.yaml whose jobs (stage, arm, seed, NFE, shard) are Snakemake's for P, with
     the same commands, inputs and outputs; both come from rfpp.dag."""
     work = profiles_project
     _run(["rfpp", "dvc", "--profile", profile], cwd=work)
@@ -262,7 +266,10 @@ def test_snakemake_and_dvc_make_the_same_jobs_for_every_profile(profile, profile
     params = yaml.safe_load((work / "params" / f"{profile}.yaml").read_text())
     shards = [j for j in dvc if j[0] == "pairs_shard"]
     assert len(shards) == params["pairs"]["num_shards"]  # e.g. cifar10's shards, no list kept by hand
-    assert len([j for j in dvc if j[0] == "fid"]) == len(params["train"]["arms"]) * len(params["sample"]["nfe"])
+    seeds = params["train"].get("seeds", [0])  # a job per arm, training seed and NFE
+    assert len([j for j in dvc if j[0] == "fid"]) == \
+        len(params["train"]["arms"]) * len(seeds) * len(params["sample"]["nfe"])
+    assert {j[1].split(" --train-seed ")[1].split()[0] for j in dvc if j[0] == "train"} == {str(k) for k in seeds}
 
 
 def test_resume_means_the_same_in_both(tmp_path):
@@ -286,8 +293,8 @@ def test_the_committed_dvc_yaml_is_the_digits_pipeline(tmp_path):
 
 
 def test_each_rule_reruns_on_its_stage_sections():
-    """Each rule's params are the profile sections of its own stage (rfpp.dag → rfpp.provenance.STAGE_SECTIONS),
-    the ones its DVC stage lists and its outputs' fingerprints hold."""
+    """Each rule's params are the profile keys of its own stage (rfpp.dag → rfpp.provenance.trigger_keys), the ones
+    its DVC stage lists and its outputs' fingerprints hold."""
     text = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
     rules = re.findall(r'^\s*rule (\w+):.*?(?=^\s*rule |\Z)', text, re.S | re.M)
     assert sorted(rules) == sorted(["teacher", "features", "pairs_shard", "pairs", "train", "sample", "fid",
@@ -297,6 +304,28 @@ def test_each_rule_reruns_on_its_stage_sections():
         assert f'STAGES["{name}"]' in block and "log:" in block, name
         if name != "report":
             assert f'sections=section("{name}")' in block, name
+
+
+def test_a_new_training_seed_re_runs_no_other_job(tmp_path):
+    """A training job's params (Snakemake's rerun trigger) are its seed's configuration alone
+    (Config.for_training_seed), as its outputs' fingerprints are: after a run, adding a seed to train.seeds adds
+    that seed's jobs and re-runs none of the others' (DVC's params name whole sections: there it re-runs all)."""
+    profile = tiny_profile()
+    profile["train"]["arms"] = {"baseline": profile["train"]["arms"]["baseline"]}
+    profile["report"]["compare"] = []
+    work = make_workspace(tmp_path, {"tiny": profile})
+    target = "results/tiny/train/baseline/seed0/final.pt"
+    _run([SNAKEMAKE, target, "--cores", "2", "--config", "profile=tiny"], cwd=work, timeout=600)
+    profile["train"]["seeds"] = [0, 5]
+    (work / "params" / "tiny.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    jobs = dry_run_jobs("--config", "profile=tiny", cwd=work, force=False)
+    trained = [j["output"] for j in jobs if j["rule"] == "train"]
+    assert trained == [["results/tiny/train/baseline/seed5/final.pt"]], trained
+    profile["train"]["lr"] = 1e-3  # a training setting re-runs both seeds
+    (work / "params" / "tiny.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    jobs = dry_run_jobs("--config", "profile=tiny", cwd=work, force=False)
+    assert sorted(o for j in jobs if j["rule"] == "train" for o in j["output"]) == \
+        [f"results/tiny/train/baseline/seed{k}/final.pt" for k in (0, 5)]
 
 
 def test_snakemake_lint_is_clean():
@@ -338,8 +367,12 @@ GIT = ["git", "-c", "user.name=rfpp", "-c", "user.email=rfpp@localhost"]
 
 
 def _dvc_workspace(tmp_path: Path, gitignore: str) -> Path:
-    """A git + DVC repository holding the workflow, with dvc.yaml written for the tiny profile."""
-    work = _workspace(tmp_path)
+    """A git + DVC repository holding the workflow, with dvc.yaml written for the tiny profile with two training
+    seeds (each arm trains, samples and is scored once per seed) at NFE 1 (the real profiles' DAGs run NFE 2)."""
+    profile = tiny_profile()
+    profile["train"]["seeds"] = [0, 1]
+    profile["sample"]["nfe"] = [1]
+    work = make_workspace(tmp_path, {"tiny": profile})
     _run(["rfpp", "dvc", "--profile", "tiny"], cwd=work)
     (work / ".gitignore").write_text(gitignore)
     _run(["git", "init", "-q"], cwd=work)
@@ -349,23 +382,33 @@ def _dvc_workspace(tmp_path: Path, gitignore: str) -> Path:
 
 @pytest.mark.slow
 def test_dvc_repro_metrics_plots_push_pull_and_an_experiment(tmp_path):
-    """The tiny profile through DVC in a git repository: `dvc repro` of every stage, FID metrics and the report's
+    """The tiny profile (two training seeds) through DVC in a git repository: `dvc repro` of every stage (a job per
+    arm and seed), FID metrics, the report's table over the seeds (mean ± sd, the paired difference of the arms) and
     plots, `dvc metrics diff` against HEAD, `dvc push` of every output, `dvc pull` back from the remote alone, and
     `dvc exp run -S` of another pairs seed (shards and manifest redone, the teacher not)."""
     work = _dvc_workspace(tmp_path, "/results/\n/dvc_plots/\n")
     _run([DVC, "remote", "add", "-d", "store", str(tmp_path / "store")], cwd=work)
     stages = dvc_stages(work)
-    assert {"teacher", "pairs", "pairs_shard@1", "train@rfpp", "sample@rfpp-2", "fid@baseline-1", "report"} <= \
-        set(stages)
+    assert {"teacher", "pairs", "pairs_shard@1", "train@rfpp-0", "train@rfpp-1", "sample@rfpp-1-1",
+            "fid@baseline-0-1", "report"} <= set(stages)
 
     _run([DVC, "repro"], cwd=work, timeout=1200)
-    assert (work / "results/tiny/report.md").is_file()
+    report = (work / "results/tiny/report.md").read_text()
+    assert re.search(r"^\| rfpp \| 1 \| [\d.]+ ± [\d.]+ \| [\d.]+, [\d.]+ \|", report, re.M), report
+    assert re.search(r"^\| rfpp − baseline \| 1 \| -?[\d.]+ ± [\d.]+ \| 0: -?[\d.]+, 1: -?[\d.]+ \| (yes|no) \|",
+                     report, re.M), report
+    from rfpp.checkpoints import model_digest
+
+    students = {model_digest(work / f"results/tiny/train/{a}/seed{k}/final.pt") for a in ("baseline", "rfpp")
+                for k in (0, 1)}
+    assert len(students) == 4  # each arm and seed its own weights
     assert json.loads((work / "results/tiny/pairs/manifest.json").read_text())["spec"]["count"] == 64
     lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
     assert set(lock) == set(stages) and "pairs" in lock["pairs_shard@1"]["params"]["params/tiny.yaml"]
     metrics = json.loads(_run([DVC, "metrics", "show", "--json"], cwd=work))
     files = metrics[""]["data"]  # "" is the workspace
-    assert sorted(files) == sorted(f"results/tiny/fid/{a}-nfe{k}.json" for a in ("baseline", "rfpp") for k in (1, 2))
+    assert sorted(files) == sorted(f"results/tiny/fid/{a}-seed{k}-nfe1.json" for a in ("baseline", "rfpp")
+                                   for k in (0, 1))
     assert all(isinstance(f["data"]["value"], float) for f in files.values())
     _run([DVC, "plots", "show", "-o", "dvc_plots"], cwd=work)
     assert "fid_vs_nfe.png" in (work / "dvc_plots" / "index.html").read_text()
@@ -380,7 +423,7 @@ def test_dvc_repro_metrics_plots_push_pull_and_an_experiment(tmp_path):
 
     _run([DVC, "push"], cwd=work)
     md5s = {o["md5"] for stage in lock.values() for o in [*stage.get("outs", []), *stage.get("metrics", [])]}
-    assert len(md5s) >= 1 + 2 * 2 + 1 + 2 + 4  # teacher, 2 x (record, images), manifest, students, FIDs, ...
+    assert len(md5s) >= 1 + 2 * 2 + 1 + 4 + 4  # teacher, 2 x (record, images), manifest, students, FIDs, ...
     for md5 in md5s:  # every output is in the remote (a directory output by its .dir listing)
         assert (tmp_path / "store" / "files" / "md5" / md5[:2] / md5[2:]).is_file(), md5
     manifest = (work / "results/tiny/pairs/manifest.json").read_bytes()

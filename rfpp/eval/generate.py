@@ -187,14 +187,14 @@ def _grid_nrow(n: int) -> int:
 
 
 def stem_of(path: str | Path) -> Path:
-    """The sample set's path without its format suffix (samples/<arm>/nfe2.npz → samples/<arm>/nfe2)."""
+    """The sample set's path without its format suffix (samples/<arm>/seed0/nfe2.npz → samples/<arm>/seed0/nfe2)."""
     path = Path(path)
     return path.with_suffix("") if path.suffix in (".npz", ".zip", ".png", ".json") else path
 
 
 def lock_path(path: str | Path) -> Path:
     """The lock a writer of a sample set holds (rfpp.provenance.output_lock): samples/<arm>/.nfe2.lock for
-    samples/<arm>/nfe2.npz, .nfe2.shard-0-of-4.lock for a shard."""
+    samples/<arm>/seed0/nfe2.npz, .nfe2.shard-0-of-4.lock for a shard."""
     stem = stem_of(path)
     return stem.parent / f".{stem.name}.lock"
 

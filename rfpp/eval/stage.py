@@ -48,6 +48,12 @@ from rfpp.tracking import stage_run
 Log = Callable[[str], None]
 
 
+def _seeded(config: Config, train_seed: int) -> Config:
+    """The configuration a stage of training seed `train_seed` logs (Config.for_training_seed; a foreign checkpoint's
+    seed label that is not in train.seeds leaves it as it is)."""
+    return config.for_training_seed(train_seed) if train_seed in config.train.seeds else config
+
+
 class NotWritableError(ValueError):
     """An output folder that cannot be made or written into (found before any work)."""
 
@@ -77,19 +83,33 @@ def check_arm(config: Config, arm: str) -> None:
         raise ConfigError(f"unknown arm {arm!r}; this profile's arms: {', '.join(config.train.arms)}")
 
 
-def students(config: Config, checkpoint: str | Path | None = None, arm: str | None = None) -> list[tuple[str, Path]]:
-    """(arm name, model file) pairs: the given checkpoint (named `arm`, else after its train/<arm>/ folder or its
-    stem), the given arm's final student, or every arm's."""
+def check_seed(config: Config, seed: int) -> None:
+    """ConfigError unless `seed` is one of the profile's train.seeds."""
+    if seed not in config.train.seeds:
+        raise ConfigError(f"training seed {seed} is not in train.seeds {config.train.seeds}; give one of them")
+
+
+def students(config: Config, checkpoint: str | Path | None = None, arm: str | None = None,
+             seed: int | None = None) -> list[tuple[str, int, Path]]:
+    """(arm name, training seed, model file) of: the given checkpoint, filed under `arm` (else its train/<arm>/
+    folder's name or its stem) and `seed` (else its seed<k>/ folder's, else the first of train.seeds); or the final
+    students of `arm` (default: every arm) and `seed` (default: every seed of train.seeds)."""
     paths = ProfilePaths.of(config.profile)
     if checkpoint:
         cp = Path(checkpoint)
+        folder = cp.parent
+        in_run = folder.name.startswith("seed") and folder.name[4:].isdigit() and folder.parent.parent.name == "train"
         if arm is None:
-            arm = cp.parent.name if cp.parent.parent.name == "train" else cp.stem
-        return [(arm, cp)]
+            arm = folder.parent.name if in_run else cp.stem
+        if seed is None:
+            seed = int(folder.name[4:]) if in_run else config.train.seeds[0]
+        return [(arm, seed, cp)]
     if arm is not None:
         check_arm(config, arm)
-        return [(arm, paths.student(arm))]
-    return [(name, paths.student(name)) for name in config.train.arms]
+    if seed is not None:
+        check_seed(config, seed)
+    return [(a, k, paths.student(a, k)) for a in ([arm] if arm else config.train.arms)
+            for k in ([seed] if seed is not None else config.train.seeds)]
 
 
 # ------------------------------------------------------------------------------------------------------ sample
@@ -97,24 +117,24 @@ def students(config: Config, checkpoint: str | Path | None = None, arm: str | No
 
 def run_sample(config: Config, *, arm: str | None = None, checkpoint: str | Path | None = None,
                out: str | Path | None = None, class_labels: list[int] | None = None, shard: int = 0,
-               num_shards: int = 1, merge: bool = False, progress: bool = True, log: Log = print
-               ) -> list[dict[str, Path]]:
+               num_shards: int = 1, merge: bool = False, progress: bool = True, log: Log = print,
+               seed: int | None = None) -> list[dict[str, Path]]:
     """Sample every NFE of sample.nfe (one set on the user grid when sample.schedule is set) for each student of
-    `students`; with `num_shards` > 1 only shard `shard` of each set (always .npz), or, with `merge`, join the
-    shards into the set. Sample i is reproducible from (sample.seed, i) whatever the batching or sharding.
-    Returns what each set wrote ({'samples', 'meta', 'grid'})."""
+    `students` (`seed`: a training seed); with `num_shards` > 1 only shard `shard` of each set (always .npz), or,
+    with `merge`, join the shards into the set. Sample i is reproducible from (sample.seed, i) whatever the
+    batching or sharding. Returns what each set wrote ({'samples', 'meta', 'grid'})."""
     sc = config.sample
     device = resolve_device(config.device)
-    targets = students(config, checkpoint, arm)
+    targets = students(config, checkpoint, arm, seed)
     nfes: list[int | None] = [None] if sc.schedule else list(sc.nfe)
     if out and (len(targets) > 1 or len(nfes) > 1):
-        raise ConfigError("--out needs a single arm (or --checkpoint) and a single --nfe")
+        raise ConfigError("--out needs a single arm and training seed (or --checkpoint) and a single --nfe")
     paths = ProfilePaths.of(config.profile)
     written = []
-    for arm_name, cp in targets:
+    for arm_name, train_seed, cp in targets:
         for k in nfes:
             spec = SamplingSpec.of(sc, k, class_labels)
-            target = Path(out) if out else paths.samples(arm_name, spec.network_evaluations)
+            target = Path(out) if out else paths.samples(arm_name, train_seed, spec.network_evaluations)
             part = shard_path(target, shard, num_shards) if num_shards > 1 and not merge else target
             check_writable(stem_of(part).parent, "samples")
             with output_lock(lock_path(part), f"sample set {stem_of(part)}"):
@@ -122,22 +142,23 @@ def run_sample(config: Config, *, arm: str | None = None, checkpoint: str | Path
                     files = merge_shards(target, num_shards, fmt=sc.format, grid=sc.grid, grid_scale=sc.grid_scale)
                     log(f"merged {num_shards} shards into {files['samples']}")
                 else:
-                    files = _sample_set(config, spec, arm_name, cp, part, shard, num_shards, device, progress, log)
+                    files = _sample_set(config, spec, arm_name, train_seed, cp, part, shard, num_shards, device,
+                                        progress, log)
             written.append(files)
     return written
 
 
-def _sample_set(config: Config, spec: SamplingSpec, arm: str, checkpoint: Path, path: Path, shard: int,
-                num_shards: int, device: torch.device, progress: bool, log: Log) -> dict[str, Path]:
+def _sample_set(config: Config, spec: SamplingSpec, arm: str, train_seed: int, checkpoint: Path, path: Path,
+                shard: int, num_shards: int, device: torch.device, progress: bool, log: Log) -> dict[str, Path]:
     """One sample set (or one shard of it, as .npz without a grid) at `path`, under its MLflow run."""
     sc = config.sample
     n_eval = spec.network_evaluations
-    with stage_run(config, "sample", arm) as run:
+    with stage_run(_seeded(config, train_seed), "sample", arm, seed=train_seed) as run:
         velocity, info = load_student(checkpoint, config)
         idx = shard_indices(spec.num_samples, shard, num_shards)
         images, labels, straightness = generate(velocity, spec, idx, device, progress=progress)
         meta = sample_meta(spec, info, checkpoint, straightness, shard, num_shards, device)
-        meta.update(arm=arm, profile=config.profile)
+        meta.update(arm=arm, train_seed=train_seed, profile=config.profile)
         if num_shards > 1:
             files = write_samples(path, images, labels, list(idx), meta, "npz", write_grid=False)
         else:
@@ -146,10 +167,10 @@ def _sample_set(config: Config, spec: SamplingSpec, arm: str, checkpoint: Path, 
         if straightness is not None:
             run.log_metrics({f"straightness_nfe{n_eval}": straightness})
         if "grid" in files:
-            run.log_image_file(files["grid"], artifact_path=f"samples/{arm}")
+            run.log_image_file(files["grid"], artifact_path=f"samples/{arm}/seed{train_seed}")
     said = f", straightness {straightness:.4g}" if straightness is not None else ""
-    log(f"{arm}: {len(idx)} samples at NFE {n_eval} ({spec.solver}, {spec.update}){said} -> {files['samples']}"
-        + (f" (grid {files['grid']})" if "grid" in files else ""))
+    log(f"{arm} seed {train_seed}: {len(idx)} samples at NFE {n_eval} ({spec.solver}, {spec.update}){said} -> "
+        f"{files['samples']}" + (f" (grid {files['grid']})" if "grid" in files else ""))
     return files
 
 
@@ -173,7 +194,8 @@ def run_inversion(config: Config, *, target_class: int | None = None, checkpoint
     what = "invert" if target_class is None else "translate"
     sc = config.sample
     decode_nfe = decode_nfe or nfe
-    arm_name, cp = students(config, checkpoint, arm)[0]
+    first = None if checkpoint else config.train.seeds[0]
+    arm_name, train_seed, cp = students(config, checkpoint, arm, first)[0]
     device = resolve_device(config.device)
     idx = indices or list(range(num_images))
     velocity, _ = load_student(cp, config)
@@ -193,8 +215,9 @@ def run_inversion(config: Config, *, target_class: int | None = None, checkpoint
         src = dst = None
     noise, decoded = invert_and_decode(velocity, x, src, dst, nfe, decode_nfe, sc.solver, sc.update, device,
                                        t_start=sc.t_start)
+    to = "" if target_class is None else f"-to{target_class}"
     base = Path(out) if out else ProfilePaths.of(config.profile).root / what / \
-        f"{arm_name}-inv{nfe}-dec{decode_nfe}{'' if target_class is None else f'-to{target_class}'}.png"
+        f"{arm_name}-seed{train_seed}-inv{nfe}-dec{decode_nfe}{to}.png"
     grid = before_after_grid(x, [decoded], base.with_suffix(".png"), scale=sc.grid_scale)
     none = torch.full((len(idx),), -1)
 
@@ -215,49 +238,53 @@ def run_inversion(config: Config, *, target_class: int | None = None, checkpoint
 
 
 def run_fid(config: Config, *, arm: str | None = None, nfe: int | None = None, samples: str | Path | None = None,
-            out: str | Path | None = None, skip_missing: bool = False, progress: bool = True, log: Log = print
-            ) -> list[dict[str, Any]]:
-    """FID (with eval.isc/kid/prc) of sample sets against eval.reference with eval.feature_net: `samples`, or the
-    sets of `arm` (default every arm) at `nfe` (default every NFE of sample.nfe); one json per set with its full
-    protocol and what made the samples. `skip_missing` passes over sets that do not exist. Returns the results."""
+            out: str | Path | None = None, skip_missing: bool = False, progress: bool = True, log: Log = print,
+            seed: int | None = None) -> list[dict[str, Any]]:
+    """FID (with eval.isc/kid/prc) of sample sets against eval.reference with eval.feature_net: `samples` (filed
+    under `arm` and `seed`, else its samples/<arm>/seed<k>/ folders, else its folder and the first training seed),
+    or the sets of `arm` (default every arm) and training seed `seed` (default every seed of train.seeds) at `nfe`
+    (default every NFE of sample.nfe); one json per set with its full protocol and what made the samples.
+    `skip_missing` passes over sets that do not exist. Returns the results."""
     from rfpp.eval.fid import FIDError, feature_net_spec
 
     ev = config.eval
     paths = ProfilePaths.of(config.profile)
     if samples:
-        jobs = [(arm or Path(samples).parent.name, nfe, Path(samples))]
+        folder = Path(samples).parent
+        in_run = folder.name.startswith("seed") and folder.name[4:].isdigit()
+        name = arm or (folder.parent.name if in_run else folder.name)
+        label = seed if seed is not None else int(folder.name[4:]) if in_run else config.train.seeds[0]
+        jobs = [(name, label, nfe, Path(samples))]
     else:
-        if arm:
-            check_arm(config, arm)
-        arms = [arm] if arm else list(config.train.arms)
+        targets = students(config, None, arm, seed)
         nfes = [nfe] if nfe else list(config.sample.nfe)
-        jobs = [(a, k, paths.samples(a, k)) for a in arms for k in nfes]
+        jobs = [(a, s, k, paths.samples(a, s, k)) for a, s, _ in targets for k in nfes]
     if out and len(jobs) > 1:
-        raise ConfigError("--out needs a single --arm and --nfe (or --samples)")
+        raise ConfigError("--out needs a single --arm, --train-seed and --nfe (or --samples)")
     check_writable(Path(out).parent if out else paths.root / "fid", "FID results")
     device = resolve_device(config.device)
     fnet = feature_net_spec(ev.feature_net, paths.features, ev.inception_weights)
     if fnet.note:
         log(f"note: {fnet.note}")
     results = []
-    for arm_name, k, path in jobs:
+    for arm_name, train_seed, k, path in jobs:
         if skip_missing and not Path(path).exists():
-            log(f"skipping {arm_name} NFE {k}: {path} does not exist")
+            log(f"skipping {arm_name} seed {train_seed} NFE {k}: {path} does not exist")
             continue
-        results.append(_fid_of(config, fnet, arm_name, k, path, out, device, progress, log))
+        results.append(_fid_of(config, fnet, arm_name, train_seed, k, path, out, device, progress, log))
     if not results:
         raise FIDError("no sample set was evaluated")
     return results
 
 
-def _fid_of(config: Config, fnet: Any, arm: str, nfe: int | None, path: Path, out: str | Path | None,
-            device: torch.device, progress: bool, log: Log) -> dict[str, Any]:
+def _fid_of(config: Config, fnet: Any, arm: str, train_seed: int, nfe: int | None, path: Path,
+            out: str | Path | None, device: torch.device, progress: bool, log: Log) -> dict[str, Any]:
     """The FID json of one sample set, under its MLflow run."""
     from rfpp.checkpoints import file_sha256
     from rfpp.eval.fid import check_sample_shape, evaluate_images, profile_image_shape, write_result
 
     ev, paths = config.eval, ProfilePaths.of(config.profile)
-    with stage_run(config, "fid", arm) as run:
+    with stage_run(_seeded(config, train_seed), "fid", arm, seed=train_seed) as run:
         sha = file_sha256(path) if Path(path).is_file() else None  # before reading: a later remake shows
         images, _, meta = read_samples(path)
         check_sample_shape(images, profile_image_shape(config), str(path), config.profile)
@@ -265,7 +292,8 @@ def _fid_of(config: Config, fnet: Any, arm: str, nfe: int | None, path: Path, ou
                                  config.data.resolution, num_samples=ev.num_samples, isc=ev.isc, kid=ev.kid,
                                  prc=ev.prc, kid_subset_size=ev.kid_subset_size, batch=ev.batch, device=device,
                                  reference_sha256=ev.reference_sha256, progress=progress)
-        result.update(arm=arm, profile=config.profile, straightness=meta.get("straightness"),
+        result.update(arm=arm, train_seed=train_seed, profile=config.profile,
+                      straightness=meta.get("straightness"),
                       samples={"path": str(path), "num_available": int(images.shape[0]), "sha256": sha,
                                "fingerprint": (meta.get("fingerprint") or {}).get("id")},
                       sampling={key: meta.get(key) for key in (
@@ -273,13 +301,13 @@ def _fid_of(config: Config, fnet: Any, arm: str, nfe: int | None, path: Path, ou
                           "checkpoint_sha256", "checkpoint_step", "class_labels", "noise")})
         if result["sampling"].get("nfe") is None:
             result["sampling"]["nfe"] = nfe
-        target = Path(out) if out else paths.fid(arm, result["sampling"]["nfe"])
+        target = Path(out) if out else paths.fid(arm, train_seed, result["sampling"]["nfe"])
         write_result(target, result)
         run.log_metrics({f"fid_{key}" if key != "fid" else "fid": v for key, v in result["metrics"].items()},
                         int(result["sampling"]["nfe"] or 0))
         run.log_artifact(target)
     extra = ", ".join(f"{key} {v:.4g}" for key, v in result["metrics"].items() if key != "fid")
-    log(f"{arm} NFE {result['sampling']['nfe']}: FID {result['value']:.4f} ({fnet.name} features, "
+    log(f"{arm} seed {train_seed} NFE {result['sampling']['nfe']}: FID {result['value']:.4f} ({fnet.name} features, "
         f"{result['protocol']['num_samples']} samples{', ' + extra if extra else ''}) -> {target}")
     return result
 

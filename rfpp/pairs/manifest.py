@@ -10,7 +10,9 @@ that remakes the shard), so the manifest never describes data made otherwise; it
 manifest and of every shard while it reads them. Version 1 manifests (no fingerprints) are not read.
 `PairDataset(manifest)` re-verifies the files (sha256), regenerates the first noises and compares them
 with the recorded hash, and then yields (noise, image, label): noise float32 (C, H, W) regenerated
-from (seed, index), image float32 in [−1, 1], label int64 (−1 unconditional).
+from (seed, index) (in a set imported from the paper's code, from its recorded PCG64 state: rfpp.pairs.pcg64,
+manifest `noise.kind` "pcg64-states", shard files shard-<k>.states.npy), image float32 in [−1, 1], label int64
+(−1 unconditional).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import rfpp
 from rfpp.atomic import write_json
 from rfpp.checkpoints import file_sha256
 from rfpp.images import from_uint8
+from rfpp.pairs import pcg64
 from rfpp.pairs.noise import NOISE_RECIPE, make_noise, noise_fingerprint
 from rfpp.pairs.shards import (
     FORMAT,
@@ -83,11 +86,17 @@ def _finalize(out_dir: Path, spec: PairSpec, info: dict[str, Any], fp: dict[str,
         _check_shard_files(files, record["sha256"], k)
         shards.append({"shard": k, "start": record["start"], "stop": record["stop"],
                        "images": files["images"].name, "labels": files["labels"].name, "sha256": record["sha256"],
-                       "seconds": record.get("seconds", {})})
+                       "seconds": record.get("seconds", {}),
+                       **({"states": files["states"].name} if "states" in record["sha256"] else {})})
+    if any("states" in entry for entry in shards):  # an imported set: noise from recorded PCG64 states
+        first = np.load(out_dir / shards[0]["states"], mmap_mode="r")[:NOISE_CHECK_COUNT]
+        noise = {"kind": pcg64.KIND, "recipe": pcg64.RECIPE, "check_count": NOISE_CHECK_COUNT,
+                 "check_sha256": pcg64.noise_fingerprint(np.array(first), spec.shape, NOISE_CHECK_COUNT)}
+    else:
+        noise = {"recipe": NOISE_RECIPE, "check_count": NOISE_CHECK_COUNT,
+                 "check_sha256": noise_fingerprint(spec.seed, spec.shape, NOISE_CHECK_COUNT)}
     manifest = {"format": FORMAT, "version": VERSION, "spec": _spec_dict(spec), **info, "fingerprint": fp,
-                "shards": shards, "versions": versions(),
-                "noise": {"recipe": NOISE_RECIPE, "check_count": NOISE_CHECK_COUNT,
-                          "check_sha256": noise_fingerprint(spec.seed, spec.shape, NOISE_CHECK_COUNT)}}
+                "shards": shards, "versions": versions(), "noise": noise}
     path = out_dir / MANIFEST_NAME
     if read_record(path) != json.loads(json.dumps(manifest, default=str)):  # an unchanged set: left as it is
         write_json(path, manifest)
@@ -100,7 +109,9 @@ def _spec_dict(spec: PairSpec) -> dict:
 
 
 def _check_shard_files(files: dict[str, Path], sha: dict[str, str], shard: int) -> None:
-    for key in ("images", "labels"):
+    for key in ("images", "labels", "states"):
+        if key == "states" and key not in sha:  # rfpp's own pairs: noise from (seed, index), no states file
+            continue
         path = files[key]
         if not path.exists():
             raise PairSetError(f"shard {shard} is missing its file {path}; re-run "
@@ -150,8 +161,19 @@ class PairDataset(torch.utils.data.Dataset):
             for entry in self.manifest["shards"]:
                 files = shard_files(self.root, entry["shard"])
                 _check_shard_files(files, entry["sha256"], entry["shard"])
-            expected = self.manifest["noise"]["check_sha256"]
-            got = noise_fingerprint(self.spec.seed, self.spec.shape, self.manifest["noise"]["check_count"])
+        self._states = ([np.load(self.root / e["states"], mmap_mode="r") for e in self.manifest["shards"]]
+                        if self.manifest["noise"].get("kind") == pcg64.KIND else None)
+        if verify:
+            expected, count = self.manifest["noise"]["check_sha256"], self.manifest["noise"]["check_count"]
+            if self._states is not None:
+                got = pcg64.noise_fingerprint(np.array(self._states[0][:count]), self.spec.shape, count)
+                if got != expected:
+                    raise PairSetError(f"the noise regenerated from the PCG64 states of {self.root} differs from the "
+                                       f"noise recorded at import (manifest {expected[:12]}…, here {got[:12]}…): "
+                                       f"numpy changed between {self.manifest['versions']['numpy']} and "
+                                       f"{np.__version__}; use the recorded version or import the pairs again")
+            else:
+                got = noise_fingerprint(self.spec.seed, self.spec.shape, count)
             if got != expected:
                 raise PairSetError("the noise regenerated here differs from the noise the pairs were made with "
                                    f"(manifest {expected[:12]}…, here {got[:12]}…): PyTorch's CPU generator changed "
@@ -180,5 +202,8 @@ class PairDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         shard, row, index = self.locate(i)
         image = from_uint8(torch.from_numpy(np.array(self._images[shard][row])))
-        noise = make_noise(self.spec.seed, [index], self.spec.shape)[0]
+        if self._states is not None:  # an imported set: the paper's PCG64 noise
+            noise = pcg64.make_noise(np.array(self._states[shard][row:row + 1]), self.spec.shape)[0]
+        else:
+            noise = make_noise(self.spec.seed, [index], self.spec.shape)[0]
         return noise, image, int(self._labels[shard][row])

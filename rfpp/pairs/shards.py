@@ -41,6 +41,7 @@ from rfpp import paths
 from rfpp.atomic import atomic_write, write_json
 from rfpp.checkpoints import file_sha256
 from rfpp.images import to_uint8
+from rfpp.pairs import pcg64
 from rfpp.pairs.noise import make_labels, make_noise
 from rfpp.provenance import canonical, difference, fingerprint, output_lock
 
@@ -101,9 +102,11 @@ def spec_fingerprint(spec: PairSpec) -> dict[str, Any]:
 
 
 def shard_files(out_dir: str | Path, shard: int) -> dict[str, Path]:
-    """rfpp.paths' shard files, plus the folder of its finished chunks ("parts") and its lock."""
+    """rfpp.paths' shard files, plus the folder of its finished chunks ("parts"), its lock, and the PCG64 states
+    of an imported set (rfpp.pairs.pcg64; absent in rfpp's own sets)."""
     out_dir = Path(out_dir)
     return {**paths.shard_files(out_dir, shard), "parts": out_dir / f"shard-{shard}.parts",
+            "states": pcg64.states_file(out_dir, shard),
             "lock": out_dir / f".shard-{shard}.lock"}
 
 

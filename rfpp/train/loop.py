@@ -6,16 +6,17 @@ the arm's ReflowLoss compares them (the perceptual term on x̂ = x_t − t·v̂)
 global batch `train.batch`, split over W processes and, within a process, into micro-batches of
 `train.micro_batch` whose gradients are accumulated (DDP all-reduces once per step).
 
-Outputs under results/<profile>/train/<arm>/: config.yaml (the resolved config), checkpoints/step-*.pt
-(rfpp.train.checkpoint), samples/ (grids, timestep histogram) and, at the end, final.pt: the EMA weights as an
-rfpp model file (rfpp.checkpoints.save_model). Rank 0 alone writes and logs.
+Outputs under results/<profile>/train/<arm>/seed<k>/ (k: the run's training seed, one of train.seeds; the run's
+config is `Config.for_training_seed(k)`: seed k, train.seeds [k]): config.yaml (the resolved config),
+checkpoints/step-*.pt (rfpp.train.checkpoint), samples/ (grids, timestep histogram) and, at the end, final.pt:
+the EMA weights as an rfpp model file (rfpp.checkpoints.save_model). Rank 0 alone writes and logs.
 
 Provenance (rfpp.provenance): the run's *inputs* are {"pairs": the pair manifest's fingerprint id (its file's
 sha256 when it has none), "teacher": the teacher file's verified tensors_sha256, and, when the arm's loss uses
 train.perceptual=digits-classifier, "perceptual": the classifier file's sha256}. Every checkpoint stores them and
 a resume from one made from other inputs is refused (ResumeError naming the input); final.pt's meta holds
 `fingerprint("train", "rfpp.model/1", stage_settings(config, "train", arm), inputs)`.
-Rank 0 holds train/<arm>/.lock (output_lock) for the whole run: a second run of the arm fails at once naming
+Rank 0 holds train/<arm>/seed<k>/.lock (output_lock) for the whole run: a second run of the arm fails at once naming
 the holder's pid. Before anything is moved or deleted the run checks its config and inputs (the teacher exists
 and verifies, the pairs verify, the perceptual network builds); --restart then moves the old checkpoints to
 checkpoints.previous/, deleted once the new run has written its first checkpoint.
@@ -257,8 +258,9 @@ def freeze_unused(student: nn.Module, shape: tuple[int, ...], label_dim: int, de
 
 def train_arm(config: Config, arm: str, paths: ProfilePaths | None = None, resume: bool = False,
               restart: bool = False, until: int | None = None, progress: bool = True,
-              env: rdist.DistEnv | None = None) -> TrainResult:
-    """Train one arm of `config` (see the module docstring); returns what was done.
+              env: rdist.DistEnv | None = None, seed: int | None = None) -> TrainResult:
+    """Train one arm of `config` with training seed `seed` (one of train.seeds; None: the only one) into
+    train/<arm>/seed<seed>/ (see the module docstring); returns what was done.
 
     resume: continue from the newest checkpoint of the arm that verifies (a run with none starts from the arm's
     init); without it, existing checkpoints make this raise ResumeError. restart: start over, the old checkpoints
@@ -273,10 +275,15 @@ def train_arm(config: Config, arm: str, paths: ProfilePaths | None = None, resum
         raise ConfigError("--resume and --restart exclude each other")
     if until is not None and until < 1:
         raise ConfigError(f"--until {until} is not a step (give 1 or more)")
+    if seed is None:
+        if len(config.train.seeds) > 1:
+            raise ConfigError(f"the profile trains seeds {config.train.seeds}: name one (--train-seed)")
+        seed = config.train.seeds[0]
+    config = config.for_training_seed(seed)  # what this run records: seed and train.seeds = [seed]
     paths = paths or ProfilePaths.of(config.profile)
     env = env or rdist.setup(config.device)
-    out_dir = paths.train_dir(arm)
-    lock = (output_lock(out_dir / ".lock", f"the training of arm {arm!r} ({out_dir})") if env.is_main
+    out_dir = paths.train_dir(arm, seed)
+    lock = (output_lock(out_dir / ".lock", f"the training of arm {arm!r}, seed {seed} ({out_dir})") if env.is_main
             else contextlib.nullcontext())
     with lock:
         return _train_arm(config, arm, paths, env, resume, restart, until, progress)
@@ -284,12 +291,13 @@ def train_arm(config: Config, arm: str, paths: ProfilePaths | None = None, resum
 
 def _train_arm(config: Config, arm: str, paths: ProfilePaths, env: rdist.DistEnv, resume: bool, restart: bool,
                until: int | None, progress: bool) -> TrainResult:
-    """train_arm's work, under the arm's lock."""
+    """train_arm's work, under the run's lock; `config` is the run's (Config.for_training_seed)."""
     arm_cfg = config.train.arms[arm]
     train = dataclasses.replace(config.train, batch=arm_cfg.batch or config.train.batch)
-    out_dir = paths.train_dir(arm)
+    out_dir = paths.train_dir(arm, config.seed)
     ckpt_dir, sample_dir = out_dir / "checkpoints", out_dir / "samples"
-    say = (lambda msg: tqdm.write(f"[train {arm}] {msg}", file=sys.stderr)) if env.is_main else (lambda msg: None)
+    name = f"{arm} seed {config.seed}"
+    say = (lambda msg: tqdm.write(f"[train {name}] {msg}", file=sys.stderr)) if env.is_main else (lambda msg: None)
 
     # ---- batch split ----------------------------------------------------------------------------------
     if train.batch % env.world:
@@ -313,7 +321,7 @@ def _train_arm(config: Config, arm: str, paths: ProfilePaths, env: rdist.DistEnv
 
     # ---- resume or start ------------------------------------------------------------------------------
     previous = out_dir / PREVIOUS
-    student_file = paths.student(arm)
+    student_file = paths.student(arm, config.seed)
     if restart and env.is_main and (list_checkpoints(ckpt_dir) or student_file.exists()):
         shutil.rmtree(previous, ignore_errors=True)
         if ckpt_dir.exists():
@@ -409,7 +417,7 @@ def _train_arm(config: Config, arm: str, paths: ProfilePaths, env: rdist.DistEnv
         write_text(out_dir / "config.yaml", config.to_yaml())
     result = TrainResult(arm=arm, step=start, finished=False, resumed_from=ckpt["step"] if ckpt else None)
     last_ckpt: Path | None = Path(ckpt["path"]) if ckpt else None
-    tracker = stage_run(config, "train", arm=arm, enabled=env.is_main)  # rank 0 alone logs
+    tracker = stage_run(config, "train", arm=arm, enabled=env.is_main, seed=config.seed)  # rank 0 alone logs
 
     def checkpoint(step: int, metrics: dict[str, float]) -> Path | None:
         states = rdist.gather_objects(env, {"rng": rdist.rng_state(device), "sum": weights_checksum(student)})
@@ -449,7 +457,7 @@ def _train_arm(config: Config, arm: str, paths: ProfilePaths, env: rdist.DistEnv
         if env.is_main:
             run.set_tags({"rfpp.loss": _describe(loss_fn), "rfpp.resumed_from": result.resumed_from,
                           "rfpp.world_size": env.world, "rfpp.accumulation": accum})
-        bar = tqdm(total=end, initial=start, desc=f"train {arm}", unit="step", disable=not (progress and env.is_main),
+        bar = tqdm(total=end, initial=start, desc=f"train {name}", unit="step", disable=not (progress and env.is_main),
                    dynamic_ncols=True)
         metrics: dict[str, float] = {}
         window_t, window_steps = time.perf_counter(), 0
@@ -487,11 +495,12 @@ def _train_arm(config: Config, arm: str, paths: ProfilePaths, env: rdist.DistEnv
             result.finished = True
             if env.is_main:
                 show(run, step)
-                meta = {"stage": "train", "arm": arm, "steps": step, "weights": "ema", "ema": train.ema,
-                        "loss": arm_cfg.loss, "timesteps": arm_cfg.timesteps, "a": arm_cfg.a, "init": arm_cfg.init,
+                meta = {"stage": "train", "arm": arm, "seed": config.seed, "steps": step, "weights": "ema",
+                        "ema": train.ema, "loss": arm_cfg.loss, "timesteps": arm_cfg.timesteps, "a": arm_cfg.a,
+                        "init": arm_cfg.init,
                         "perceptual": _describe(loss_fn), "checkpoint": str(last_ckpt),
                         "skipped_steps": runner.skipped, "config": config.to_dict(), "fingerprint": provenance}
-                result.student = save_model(paths.student(arm), ema.module.net, sigma_data, meta)
+                result.student = save_model(paths.student(arm, config.seed), ema.module.net, sigma_data, meta)
                 run.log_artifact(out_dir / "config.yaml")
                 run.set_tags({"rfpp.final_model": str(result.student.resolve()),
                               "rfpp.final_checkpoint": str(last_ckpt.resolve()) if last_ckpt else "",

@@ -30,12 +30,18 @@ TRAIN_GPUS = CFG.train.gpus
 def section(rule):
     """The resolved profile sections a rule's stage depends on (rfpp.provenance.STAGE_SECTIONS, the ones its outputs'
     fingerprints hold and its DVC stage's `params:` lists), as one string: a change re-runs the rule (rerun trigger
-    'params'), as DVC's `params:` does."""
-    return json.dumps(stage_settings(CFG, STAGES[rule].sections), sort_keys=True)
+    'params'), as DVC's `params:` does. A job of one training seed sees the configuration of that seed alone
+    (Config.for_training_seed), as its outputs' fingerprints do: adding a seed to train.seeds adds jobs and re-runs
+    none of the others."""
+    stage = STAGES[rule]
+    if "seed" in stage.over:
+        return lambda w: json.dumps(stage_settings(CFG.for_training_seed(int(w.seed)), stage.sections), sort_keys=True)
+    return json.dumps(stage_settings(CFG, stage.sections), sort_keys=True)
 
 
 wildcard_constraints:
     arm="|".join(re.escape(arm) for arm in CFG.train.arms),
+    seed=r"\d+",
     nfe=r"\d+",
     shard=r"\d+",
 

@@ -1,5 +1,5 @@
 rule sample:
-    """Few-step samples of one arm at one NFE (.npz, with its metadata .json and grid .png beside it)."""
+    """Few-step samples of one arm and training seed at one NFE (.npz, with its metadata .json and grid .png beside it)."""
     input:
         STAGES["sample"].deps,
     output:
@@ -35,7 +35,7 @@ rule fid:
 
 
 rule report:
-    """report.md and its plots (report/*.png) over every arm and NFE."""
+    """report.md and its plots (report/*.png) over every arm, training seed and NFE."""
     input:
         STAGES["report"].deps,
     output:

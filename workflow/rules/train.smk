@@ -1,7 +1,8 @@
-# One round of Reflow per arm. train.gpus (default 1) GPUs per job: with more than one, the GPUs are claimed
-# as a set (rfpp.devices) and torchrun starts one process per GPU (rfpp.dag writes the command).
+# One round of Reflow per arm and training seed (train.seeds). train.gpus (default 1) GPUs per job: with more
+# than one, the GPUs are claimed as a set (rfpp.devices) and torchrun starts one process per GPU (rfpp.dag writes
+# the command).
 rule train:
-    """Train one arm's student from the pairs; final.pt is its EMA weights."""
+    """Train one arm's student with one training seed from the pairs; final.pt is its EMA weights."""
     input:
         STAGES["train"].deps,
     output:
