@@ -32,6 +32,9 @@ def register(app: typer.Typer) -> None:
             fail(f"--shard {shard} is out of range for {n} shards (0..{n - 1})", EXIT_USAGE)
         if shard is not None and finalize:
             fail("--shard and --finalize exclude each other", EXIT_USAGE)
+        if config.pairs.source:
+            fail(f"profile {config.profile!r} takes its pairs from pairs.source={config.pairs.source}: there are none "
+                 "to make here (drop pairs.source to make them)", EXIT_USAGE)
         with reported(CheckpointError, PairSetError, ValueError, LockedError):
             if not finalize:
                 for k in [shard] if shard is not None else range(n):

@@ -127,8 +127,11 @@ class TeacherConfig:
 
 @section
 class PairsConfig:
-    """Pair generation: `count` pairs in `num_shards` shards; teacher sampler and its steps."""
+    """Pair generation: `count` pairs in `num_shards` shards; teacher sampler and its steps. `source`: a pair set
+    made elsewhere (a folder with manifest.json: `rfpp import pairs`, or another profile's results/<p>/pairs)
+    that training reads instead; the pipeline then makes no pairs and the other keys here are unused."""
 
+    source: Str | None = None
     count: Positive = 4096
     num_shards: Positive = 4
     sampler: Literal[SAMPLERS] = "edm_heun"

@@ -3,6 +3,8 @@
     teacher → [features] → pairs_shard × shards → pairs → train × arms × seeds → sample × arms × seeds × NFEs
             → fid × arms × seeds × NFEs → report
 
+(no pair stages when pairs.source names a pair set made elsewhere: training reads its manifest).
+
 Each `Stage` holds the one command its jobs run (`rfpp <stage> --profile <params file> …`), what they read and
 write (paths of rfpp.paths, with `{shard}`, `{arm}`, `{seed}`, `{nfe}` wildcards; seeds are train.seeds, shared
 pairs and teacher), the values of those wildcards, and the
@@ -87,7 +89,8 @@ def pipeline(config: Config, params_file: str | Path, resume: bool = False) -> l
     seeds = tuple(int(k) for k in config.train.seeds)
     shards = tuple(range(config.pairs.num_shards))
     perceptual, fid_features = uses_classifier(config)
-    teacher, features, manifest = str(paths.teacher), str(paths.features), str(paths.pairs_manifest)
+    teacher, features = str(paths.teacher), str(paths.features)
+    manifest = str(paths.pair_set_manifest(config.pairs.source))
     shard = paths.shard_files("{shard}")
     student = str(paths.student("{arm}", "{seed}"))
     samples = {k: str(v) for k, v in paths.sample_files("{arm}", "{seed}", "{nfe}").items()}
@@ -102,12 +105,15 @@ def pipeline(config: Config, params_file: str | Path, resume: bool = False) -> l
                     gpu=1 if trained_here else 0)]
     if perceptual or fid_features:
         stages.append(Stage("features", f"rfpp features {rfpp}", (), (features,), sections="features"))
+    if not config.pairs.source:  # else training reads pairs.source's set: no pair stages
+        stages += [
+            Stage("pairs_shard", f"rfpp pairs {rfpp} --shard {{shard}} --num-shards {len(shards)} --no-progress",
+                  (teacher,), (str(shard["record"]), str(shard["images"]), str(shard["labels"])),
+                  {"shard": shards}, sections="pairs", gpu=1),
+            Stage("pairs", f"rfpp pairs {rfpp} --finalize --num-shards {len(shards)}",
+                  (teacher, *(str(paths.shard_record(k)) for k in shards)), (manifest,), sections="pairs"),
+        ]
     stages += [
-        Stage("pairs_shard", f"rfpp pairs {rfpp} --shard {{shard}} --num-shards {len(shards)} --no-progress",
-              (teacher,), (str(shard["record"]), str(shard["images"]), str(shard["labels"])), {"shard": shards},
-              sections="pairs", gpu=1),
-        Stage("pairs", f"rfpp pairs {rfpp} --finalize --num-shards {len(shards)}",
-              (teacher, *(str(paths.shard_record(k)) for k in shards)), (manifest,), sections="pairs"),
         Stage("train", f"{train_cmd} {rfpp} --arm {{arm}} --train-seed {{seed}} "
               f"{'--resume' if resume else '--restart'} --no-progress",
               (manifest, teacher, *([features] if perceptual else [])), (student,), {"arm": arms, "seed": seeds},

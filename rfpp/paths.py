@@ -44,6 +44,11 @@ class ProfilePaths:
     def pairs_manifest(self) -> Path:
         return self.pairs_dir / "manifest.json"
 
+    def pair_set_manifest(self, source: str | None) -> Path:
+        """The manifest of the pair set training reads: `source`'s (pairs.source, a pair set made elsewhere) when
+        given, else the one the pairs stage makes here."""
+        return Path(source) / "manifest.json" if source else self.pairs_manifest
+
     def shard_record(self, shard: int | str) -> Path:
         return shard_files(self.pairs_dir, shard)["record"]
 
@@ -91,3 +96,4 @@ def shard_files(pairs_dir: str | Path, shard: int | str) -> dict[str, Path]:
     pairs_dir = Path(pairs_dir)
     return {"record": pairs_dir / f"shard-{shard}.json", "images": pairs_dir / f"shard-{shard}.images.npy",
             "labels": pairs_dir / f"shard-{shard}.labels.npy"}
+

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -132,13 +133,17 @@ def test_entry_without_image_and_record_of_wrong_size(tmp_path):
     assert not (tmp_path / "pairs/manifest.json").exists()
 
 
-def test_rfpp_train_trains_on_an_imported_set(tmp_path):
+def test_a_profile_with_pairs_source_trains_on_the_imported_set_and_makes_no_pairs(tmp_path):
+    """pairs.source: PATH (an imported set outside results/): `rfpp train` reads it and records its fingerprint,
+    the DAG has no pair stages (training's input is PATH/manifest.json), and `rfpp pairs` refuses in one line."""
+    from workflow_helpers import dry_run_jobs, make_workspace
+
     profile = make_world(tmp_path, count=8)
     paper_pair_set(tmp_path / "paper", 16, (1, 8, 8), seed=2)
     from cli.main import app
 
     runner = CliRunner()
-    pairs = tmp_path / "results/tiny/pairs"
+    pairs = tmp_path / "imported-pairs"
     res = runner.invoke(app, ["import", "pairs", "--images", str(tmp_path / "paper/samples.zip"), "--noise",
                               str(tmp_path / "paper/z.zip"), "--out", str(pairs), "--overwrite"])
     assert res.exit_code == 0, res.output
@@ -147,10 +152,18 @@ def test_rfpp_train_trains_on_an_imported_set(tmp_path):
     os.chdir(tmp_path)
     try:
         res = runner.invoke(app, ["train", "--profile", str(profile), "--arm", "baseline", "--no-progress",
-                                  "train.steps=2"])
+                                  "train.steps=2", f"pairs.source={pairs}"])
+        assert res.exit_code == 0, res.output
+        res = runner.invoke(app, ["pairs", "--profile", str(profile), f"pairs.source={pairs}"])
+        assert res.exit_code == 2 and "takes its pairs from pairs.source" in res.output, res.output
     finally:
         os.chdir(cwd)
-    assert res.exit_code == 0, res.output
-    (student,) = (tmp_path / "results/tiny/train/baseline").rglob("final.pt")
-    _, info = load_model(student)
+    _, info = load_model(tmp_path / "results/tiny/train/baseline/seed0/final.pt")
     assert info["meta"]["fingerprint"]["inputs"]["pairs"] == manifest["fingerprint"]["id"]
+
+    values = yaml.safe_load(profile.read_text())
+    values["pairs"]["source"] = str(pairs)
+    work = make_workspace(tmp_path / "dag", {"tiny": values})
+    jobs = dry_run_jobs("--config", "profile=tiny", cwd=work)
+    assert not {"pairs", "pairs_shard"} & {j["rule"] for j in jobs}
+    assert all(str(pairs / "manifest.json") in j["input"] for j in jobs if j["rule"] == "train"), jobs

@@ -234,7 +234,8 @@ def run_inputs(config: Config, arm: str, paths: ProfilePaths, dataset: PairDatas
     or corrupted. `dataset` is the run's (verified) pair set; `teacher_digest` the verified digest of the teacher
     file when the caller has already loaded it (else it is read here)."""
     check_teacher_exists(paths)
-    pairs = (dataset.manifest.get("fingerprint") or {}).get("id") or file_sha256(paths.pairs_manifest)
+    pairs = (dataset.manifest.get("fingerprint") or {}).get("id") or \
+        file_sha256(paths.pair_set_manifest(config.pairs.source))
     inputs = {"pairs": str(pairs), "teacher": teacher_digest or model_digest(paths.teacher)}
     if config.train.arms[arm].loss in PERCEPTUAL_KINDS and config.train.perceptual == "digits-classifier":
         inputs["perceptual"] = file_sha256(paths.features)
@@ -310,7 +311,7 @@ def _train_arm(config: Config, arm: str, paths: ProfilePaths, env: rdist.DistEnv
     accum = per_rank // micro
 
     # ---- check the inputs before anything is moved or deleted --------------------------------------------
-    dataset = PairDataset(paths.pairs_manifest, verify=env.local_rank == 0)
+    dataset = PairDataset(paths.pair_set_manifest(config.pairs.source), verify=env.local_rank == 0)
     loss_fn: nn.Module = build_loss(arm_cfg, config, paths)
     teacher = None  # a run that starts from the arm's init reads the teacher once: its weights and its digest
     if not (resume and list_checkpoints(ckpt_dir)):
