@@ -77,7 +77,8 @@ def test_killing_snakemake_with_sigkill_leaves_no_training_job(tmp_path):
     after kill -9 of snakemake, nothing of the run is left after a few seconds (before rfpp.lifeline, the training
     ran on as an orphan and raced the re-run)."""
     profile = tiny_profile()
-    profile["train"].update(steps=100000, ckpt_every=100000, num_workers=1)
+    # lpips-vgg16 as the (unused) perceptual network: the DAG then trains no digits classifier before the L2 arm
+    profile["train"].update(steps=100000, ckpt_every=100000, num_workers=1, perceptual="lpips-vgg16")
     work = make_workspace(tmp_path, {"tiny": profile}).resolve()
     log = open(tmp_path / "snakemake.log", "w")
     smk = subprocess.Popen([SNAKEMAKE, "results/tiny/train/baseline/seed0/final.pt", "--cores", "2", "--config",

@@ -107,8 +107,8 @@ def test_no_results_is_an_error_naming_where_it_looked(tmp_path):
 
 
 def test_seeds_give_mean_and_spread_and_the_compared_arms_their_paired_difference(tmp_path):
-    """digits with three training seeds per arm; its report.compare [[rfpp, baseline]]. Each arm × NFE row holds the mean ±
-    sample sd over the seeds and each seed's FID; the paired difference is taken within each seed (seed 2 of
+    """digits with three training seeds per arm; its report.compare [[rfpp, baseline]]. Each arm × NFE row holds
+    the mean ± sample sd over the seeds and each seed's FID; the paired difference is taken within each seed (seed 2 of
     NFE 2 has no baseline FID: that NFE's difference is over seeds 0 and 1)."""
     config = load_config("digits", ["train.seeds=[0, 1, 2]"])
     assert config.report.compare == [("rfpp", "baseline")]

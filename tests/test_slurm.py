@@ -253,3 +253,28 @@ def test_with_accounting_sacct_reads_the_status(slurm, pipeline):
                         f"--name={run_id}", "--format=JobName,State,Account").split()
     assert rows == [f"{run_id}|COMPLETED|rfpp"], rows  # the report's job, with the site's account
     assert (pipeline.work / "results/tiny/report.md").exists()
+
+
+@needs_slurm
+@pytest.mark.slow
+def test_a_new_training_seed_re_runs_no_other_job(pipeline):
+    """On the finished local run (the `pipeline` fixture's): a training job's params (Snakemake's rerun trigger) are
+    its seed's configuration alone (Config.for_training_seed), as its outputs' fingerprints are, so adding a seed to
+    train.seeds adds that seed's jobs and re-runs none of the others'; a training setting re-runs them all. (DVC's
+    params name whole sections: there a new seed re-runs every training.)"""
+    params = pipeline.local / "params" / "tiny.yaml"
+    original = params.read_text()
+    profile = yaml.safe_load(original)
+    try:
+        profile["train"]["seeds"] = [0, 5]
+        params.write_text(yaml.safe_dump(profile, sort_keys=False))
+        jobs = dry_run_jobs("--config", "profile=tiny", cwd=pipeline.local, force=False)
+        assert [j["output"] for j in jobs if j["rule"] == "train"] == [["results/tiny/train/rfpp/seed5/final.pt"]]
+        profile["train"]["lr"] = 1e-3
+        params.write_text(yaml.safe_dump(profile, sort_keys=False))
+        jobs = dry_run_jobs("--config", "profile=tiny", cwd=pipeline.local, force=False)
+        assert sorted(o for j in jobs if j["rule"] == "train" for o in j["output"]) == \
+            [f"results/tiny/train/rfpp/seed{k}/final.pt" for k in (0, 5)]
+    finally:
+        params.write_text(original)
+

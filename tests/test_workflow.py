@@ -306,28 +306,6 @@ def test_each_rule_reruns_on_its_stage_sections():
             assert f'sections=section("{name}")' in block, name
 
 
-def test_a_new_training_seed_re_runs_no_other_job(tmp_path):
-    """A training job's params (Snakemake's rerun trigger) are its seed's configuration alone
-    (Config.for_training_seed), as its outputs' fingerprints are: after a run, adding a seed to train.seeds adds
-    that seed's jobs and re-runs none of the others' (DVC's params name whole sections: there it re-runs all)."""
-    profile = tiny_profile()
-    profile["train"]["arms"] = {"baseline": profile["train"]["arms"]["baseline"]}
-    profile["report"]["compare"] = []
-    work = make_workspace(tmp_path, {"tiny": profile})
-    target = "results/tiny/train/baseline/seed0/final.pt"
-    _run([SNAKEMAKE, target, "--cores", "2", "--config", "profile=tiny"], cwd=work, timeout=600)
-    profile["train"]["seeds"] = [0, 5]
-    (work / "params" / "tiny.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
-    jobs = dry_run_jobs("--config", "profile=tiny", cwd=work, force=False)
-    trained = [j["output"] for j in jobs if j["rule"] == "train"]
-    assert trained == [["results/tiny/train/baseline/seed5/final.pt"]], trained
-    profile["train"]["lr"] = 1e-3  # a training setting re-runs both seeds
-    (work / "params" / "tiny.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
-    jobs = dry_run_jobs("--config", "profile=tiny", cwd=work, force=False)
-    assert sorted(o for j in jobs if j["rule"] == "train" for o in j["output"]) == \
-        [f"results/tiny/train/baseline/seed{k}/final.pt" for k in (0, 5)]
-
-
 def test_snakemake_lint_is_clean():
     out = _run([SNAKEMAKE, "--lint", "--config", "profile=digits"])
     assert "Congratulations, your workflow is in a good condition!" in out, out
