@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from cli import dvc, evaluate, features, interop, pairs, teacher, train
+from cli import dvc, evaluate, features, interop, pairs, runs, teacher, train
 from cli.common import EXIT_FAILURE, OverridesArg, ProfileOpt, resolve
 
 
@@ -62,7 +62,7 @@ def config(profile: str = ProfileOpt, overrides: list[str] = OverridesArg) -> No
     resolve(profile, overrides, dry_run=True, gpus=0)
 
 
-for module in (teacher, features, pairs, train, evaluate, dvc, interop):
+for module in (teacher, features, pairs, train, evaluate, dvc, interop, runs):
     module.register(app)
 
 

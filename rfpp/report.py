@@ -470,3 +470,35 @@ def write_report(config: Any, paths: Any, out: Path | None = None) -> dict[str, 
             "summary": summary, "comparisons": compared,
             "stale": [f"the FID of {r['arm']} seed {r['seed']} NFE {r['nfe']} is stale: {r['stale']}; redo it with "
                       f"`{r['fid_command']}`" for r in rows if r["stale"]]}
+
+
+def html_page(report_path: Path) -> str:
+    """report.md as one self-contained HTML page: CommonMark with tables (markdown-it-py), each image it links to
+    (a path relative to the report) embedded as a data: URI. MLflow's artifact viewer shows an .html artifact in a
+    sandboxed frame without a base URL, where relative links would not load."""
+    import base64
+    import html
+
+    from markdown_it import MarkdownIt
+
+    kinds = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+             ".svg": "image/svg+xml"}
+    report_path = Path(report_path)
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = md.parse(report_path.read_text(encoding="utf-8"))
+    for token in tokens:
+        for child in token.children or []:
+            src = str(child.attrGet("src") or "") if child.type == "image" else ""
+            image = report_path.parent / src
+            if src and "://" not in src and image.suffix.lower() in kinds and image.is_file():
+                data = base64.b64encode(image.read_bytes()).decode("ascii")
+                child.attrSet("src", f"data:{kinds[image.suffix.lower()]};base64,{data}")
+    body = md.renderer.render(tokens, md.options, {})
+    title = html.escape(next((line.lstrip("# ").strip() for line in report_path.read_text(encoding="utf-8")
+                              .splitlines() if line.startswith("# ")), report_path.stem))
+    style = ("body{font-family:system-ui,sans-serif;margin:1.5em;max-width:70em;line-height:1.4}"
+             "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #bbb;padding:.25em .6em;"
+             "text-align:left}th{background:#f0f0f0}img{max-width:100%;image-rendering:pixelated}"
+             "code{background:#f4f4f4;padding:0 .2em}")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{style}</style></head><body>\n{body}</body></html>\n")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import inspect
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -472,3 +475,116 @@ def test_runs_of_killed_stages_end_killed_when_the_next_stage_starts(store: str,
                 stage.kill()
             stage.wait(timeout=60)
             stage.stdout.close()
+
+
+# ------------------------------------------------------------------------------------------------- arm runs
+
+
+def test_arm_recipe_is_the_arms_resolved_settings_and_nothing_of_other_arms() -> None:
+    from rfpp.tracking import arm_recipe
+
+    config = load_config("digits", ["train.arms.rfpp.batch=32", "train.seeds=[0, 1]"]).for_training_seed(1)
+    rfpp_, baseline = arm_recipe(config, "rfpp", 1), arm_recipe(config, "baseline", 1)
+    assert rfpp_ is not None and baseline is not None and rfpp_.keys() == baseline.keys()
+    assert {k for k in rfpp_ if rfpp_[k] != baseline[k]} == {"arm.timesteps", "arm.loss", "arm.batch"}
+    assert (rfpp_["arm.batch"], baseline["arm.batch"]) == ("32", str(config.train.batch))  # resolved
+    assert rfpp_["seed"] == "1" and rfpp_["train.lr"] == str(config.train.lr)
+    assert not any(k.startswith("train.arms") or k in ("sample.nfe", "train.seeds", "train.batch", "device")
+                   for k in rfpp_)
+    assert arm_recipe(config, "not-an-arm", 1) is None and arm_recipe(config, "rfpp", None) is None
+
+
+def test_stages_of_an_arm_share_its_arm_run_and_another_recipe_makes_another(store: str,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """sample and fid stage runs of (rfpp, seed 0) nest under one arm run named rfpp-seed0 that carries the recipe
+    and the summary metrics (a stage of another code version too, listed in rfpp.code_versions); another train.lr
+    gives another arm run beside it under the same session parent."""
+    from rfpp.tracking import arm_recipe
+
+    config = load_config("digits").for_training_seed(0)
+    ids = []
+    for stage, metrics in (("sample", {"straightness_nfe1": 0.25}), ("fid", {"fid_nfe1": 12.5})):
+        with stage_run(config, stage, arm="rfpp", seed=0) as run:
+            run.log_summary(metrics)
+            ids.append((run.run_id, run.arm_run_id, run.parent_run_id))
+    with monkeypatch.context() as patch:  # a stage of another code version joins the same arm run, which says so
+        patch.setattr(rfpp, "__version__", "9.9.9")
+        with stage_run(config, "train", arm="rfpp", seed=0) as run:
+            assert run.arm_run_id == ids[0][1]
+    other = load_config("digits", ["train.lr=0.0004"]).for_training_seed(0)
+    with stage_run(other, "fid", arm="rfpp", seed=0) as run:
+        run.log_summary({"fid_nfe1": 11.0})
+        ids.append((run.run_id, run.arm_run_id, run.parent_run_id))
+    assert ids[0][1] == ids[1][1] != ids[2][1] and all(arm == parent for _, arm, parent in ids)
+    client = _client(store)
+    arm_run = client.get_run(ids[0][1])
+    assert arm_run.info.run_name == "rfpp-seed0" and arm_run.data.tags["rfpp.arm_run"] == "1"
+    assert arm_run.data.params == arm_recipe(config, "rfpp", 0)
+    assert arm_run.data.metrics == {"straightness_nfe1": 0.25, "fid_nfe1": 12.5}
+    assert arm_run.data.tags["rfpp.code_versions"] == ",".join(sorted([code_version(), "9.9.9+" + code_version(
+    ).split("+", 1)[1]]))
+    assert client.get_run(ids[2][1]).data.metrics == {"fid_nfe1": 11.0}
+    assert client.get_run(ids[2][1]).data.params["train.lr"] == "0.0004"
+    session = {client.get_run(i).data.tags["mlflow.parentRunId"] for i in (ids[0][1], ids[2][1])}
+    assert len(session) == 1 and client.get_run(session.pop()).data.tags["rfpp.parent"] == "1"
+    stage = client.get_run(ids[1][0])
+    assert stage.data.tags["mlflow.parentRunId"] == ids[0][1] and stage.data.params == arm_run.data.params
+    assert "train.arms.baseline.loss" not in stage.data.params and "config.yaml" in {
+        a.path for a in client.list_artifacts(stage.info.run_id)}
+    for tag in ("mlflow.source.git.commit", "rfpp.git_dirty", "rfpp.profile_sha256"):
+        assert arm_run.data.tags[tag] == stage.data.tags[tag] != ""
+    digits = (ROOT / "params" / "digits.yaml").read_bytes()
+    assert arm_run.data.tags["rfpp.profile_sha256"] == hashlib.sha256(digits).hexdigest()
+
+
+ARM_STAGE_SCRIPT = textwrap.dedent("""
+    import sys
+    from rfpp.config import load_config
+    from rfpp.tracking import stage_run
+
+    config = load_config("digits").for_training_seed(0)
+    with stage_run(config, sys.argv[1], arm="rfpp", seed=0) as run:
+        run.log_summary({f"{sys.argv[1]}_done": 1.0})
+    print(run.run_id, run.arm_run_id)
+""")
+
+
+@pytest.mark.slow
+def test_stages_started_together_find_or_create_one_arm_run(tmp_path: Path) -> None:
+    """Three stage processes of the same arm and seed started at once on a new SQLite store: one arm run, all three
+    nested under it, each one's summary metric on it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, **QUIET_ENV, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT),
+           "RFPP_TRACKING_GROUP": "together"}
+    env.pop("RFPP_TRACKING", None)
+    stages = [subprocess.Popen([sys.executable, "-c", ARM_STAGE_SCRIPT, stage], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for stage in ("train", "sample", "fid")]
+    outputs = [stage.communicate(timeout=300) for stage in stages]
+    for stage, (_out, errout) in zip(stages, outputs, strict=True):
+        assert stage.returncode == 0, errout[-3000:]
+    pairs = [out.split() for out, _ in outputs]
+    assert len({arm for _, arm in pairs}) == 1
+    client = _client(uri)
+    experiment = client.get_experiment_by_name("rfpp-digits")
+    arm_runs = client.search_runs([experiment.experiment_id], "tags.`rfpp.arm_run` = '1'")
+    assert [r.info.run_id for r in arm_runs] == [pairs[0][1]]
+    assert set(arm_runs[0].data.metrics) == {"train_done", "sample_done", "fid_done"}
+    for run_id, arm in pairs:
+        assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == arm
+
+
+def test_the_report_html_embeds_its_images(tmp_path: Path) -> None:
+    """rfpp.report.html_page: report.md's tables as HTML, its images as data URIs (MLflow's viewer has no base URL)."""
+    from rfpp.report import html_page
+
+    (tmp_path / "report").mkdir()
+    png = _png(tmp_path / "report" / "fid_vs_nfe.png")
+    (tmp_path / "report.md").write_text("# rfpp report: profile `x`\n\n| arm | FID |\n|---|---|\n| rfpp | 1.5 |\n\n"
+                                        "![FID vs NFE](report/fid_vs_nfe.png)\n\n![gone](report/missing.png)\n")
+    page = html_page(tmp_path / "report.md")
+    assert "<title>rfpp report: profile `x`</title>" in page.replace("&#96;", "`")
+    assert "<table>" in page and "<td>rfpp</td>" in page and "<td>1.5</td>" in page
+    embedded = re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="FID vs NFE"', page)
+    assert [base64.b64decode(e) for e in embedded] == [png.read_bytes()]
+    assert '<img src="report/missing.png"' in page  # a missing file stays a link

@@ -153,7 +153,9 @@ def _sample_set(config: Config, spec: SamplingSpec, arm: str, train_seed: int, c
     """One sample set (or one shard of it, as .npz without a grid) at `path`, under its MLflow run."""
     sc = config.sample
     n_eval = spec.network_evaluations
-    with stage_run(_seeded(config, train_seed), "sample", arm, seed=train_seed) as run:
+    with stage_run(_seeded(config, train_seed), "sample", arm, seed=train_seed,
+                   run_name=f"sample-{arm}-seed{train_seed}-nfe{n_eval}") as run:
+        run.log_params({"nfe": n_eval})
         velocity, info = load_student(checkpoint, config)
         idx = shard_indices(spec.num_samples, shard, num_shards)
         images, labels, straightness = generate(velocity, spec, idx, device, progress=progress)
@@ -166,6 +168,8 @@ def _sample_set(config: Config, spec: SamplingSpec, arm: str, train_seed: int, c
                                   grid_scale=sc.grid_scale)
         if straightness is not None:
             run.log_metrics({f"straightness_nfe{n_eval}": straightness})
+            if num_shards == 1:  # a shard's straightness is not the set's
+                run.log_summary({f"straightness_nfe{n_eval}": straightness})
         if "grid" in files:
             run.log_image_file(files["grid"], artifact_path=f"samples/{arm}/seed{train_seed}")
     said = f", straightness {straightness:.4g}" if straightness is not None else ""
@@ -284,7 +288,8 @@ def _fid_of(config: Config, fnet: Any, arm: str, train_seed: int, nfe: int | Non
     from rfpp.eval.fid import check_sample_shape, evaluate_images, profile_image_shape, write_result
 
     ev, paths = config.eval, ProfilePaths.of(config.profile)
-    with stage_run(_seeded(config, train_seed), "fid", arm, seed=train_seed) as run:
+    with stage_run(_seeded(config, train_seed), "fid", arm, seed=train_seed,
+                   run_name=f"fid-{arm}-seed{train_seed}" + (f"-nfe{nfe}" if nfe else "")) as run:
         sha = file_sha256(path) if Path(path).is_file() else None  # before reading: a later remake shows
         images, _, meta = read_samples(path)
         check_sample_shape(images, profile_image_shape(config), str(path), config.profile)
@@ -306,6 +311,9 @@ def _fid_of(config: Config, fnet: Any, arm: str, train_seed: int, nfe: int | Non
         run.log_metrics({f"fid_{key}" if key != "fid" else "fid": v for key, v in result["metrics"].items()},
                         int(result["sampling"]["nfe"] or 0))
         run.log_artifact(target)
+        if result["sampling"]["nfe"]:  # the arm run's FID per NFE: the json's value
+            run.log_params({"nfe": result["sampling"]["nfe"]})
+            run.log_summary({f"{key}_nfe{result['sampling']['nfe']}": v for key, v in result["metrics"].items()})
     extra = ", ".join(f"{key} {v:.4g}" for key, v in result["metrics"].items() if key != "fid")
     log(f"{arm} seed {train_seed} NFE {result['sampling']['nfe']}: FID {result['value']:.4f} ({fnet.name} features, "
         f"{result['protocol']['num_samples']} samples{', ' + extra if extra else ''}) -> {target}")
@@ -327,6 +335,10 @@ def run_report(config: Config, out: str | Path | None = None, log: Log = print) 
     with stage_run(config, "report") as run:
         written = write_report(config, paths, target)
         run.log_artifact(written["report"])
+        if run.run_id:  # report.html: what MLflow's artifact viewer shows with its plots and grids
+            from rfpp.report import html_page
+
+            run.log_text(html_page(written["report"]), "report.html")
         for png in written.get("plots", []):
             run.log_image_file(png, artifact_path="report")
         log(json.dumps({"report": str(written["report"]), "rows": written["rows"]}))

@@ -503,6 +503,8 @@ def _train_arm(config: Config, arm: str, paths: ProfilePaths, env: rdist.DistEnv
                         "skipped_steps": runner.skipped, "config": config.to_dict(), "fingerprint": provenance}
                 result.student = save_model(paths.student(arm, config.seed), ema.module.net, sigma_data, meta)
                 run.log_artifact(out_dir / "config.yaml")
+                run.log_summary({"train_images_per_s": metrics.get("images_per_s", float("nan")),
+                                 **{f"final_{k}": v for k, v in metrics.items() if k.startswith("loss")}})
                 run.set_tags({"rfpp.final_model": str(result.student.resolve()),
                               "rfpp.final_checkpoint": str(last_ckpt.resolve()) if last_ckpt else "",
                               "rfpp.skipped_steps": runner.skipped})
