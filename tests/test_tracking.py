@@ -15,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -313,29 +312,13 @@ def test_stages_started_together_on_a_new_sqlite_store(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_real_mlflow_server_receives_separate_stage_processes(tmp_path: Path) -> None:
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
+    from test_runs import check_tool  # the MLflow server of the compare-page check (tools/mlflow_compare_check.py)
+
     env = {**os.environ, **QUIET_ENV}
     env.pop("MLFLOW_TRACKING_URI", None)
-    server_log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts")],
-        cwd=tmp_path, env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer /health within 120 s"
-            time.sleep(0.5)
-
+    server = check_tool.mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server.log", timeout=120,
+                                      args=("--artifacts-destination", str(tmp_path / "artifacts")), cwd=tmp_path)
+    with server as uri:
         stage_env = {**env, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT), "RFPP_TRACKING_GROUP": "session-1"}
         stages = [subprocess.Popen([sys.executable, "-c", STAGE_SCRIPT, arm, lr], cwd=tmp_path, env=stage_env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -362,16 +345,6 @@ def test_real_mlflow_server_receives_separate_stage_processes(tmp_path: Path) ->
             assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
         stored = {p.name for p in (tmp_path / "artifacts").rglob("*") if p.is_file()}
         assert {"rfpp.png", "baseline.png", "config.yaml"} <= stored  # proxied into --artifacts-destination
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=20)
-        server_log.close()
 
 
 

@@ -95,15 +95,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server(uri: str, log: Path, timeout: float = 180.0) -> Iterator[str]:
-    """`mlflow server` on the store `uri` (localhost, a free port, one worker) until the block ends; yields its URL."""
+def mlflow_server(uri: str, log: Path, timeout: float = 180.0, args: tuple[str, ...] = (),
+                  cwd: Path | None = None) -> Iterator[str]:
+    """`mlflow server` on the store `uri` (localhost, a free port, one worker, `args` added) until the block ends;
+    yields its URL."""
     port = free_port()
     env = {**os.environ, **QUIET}
     env.pop("MLFLOW_TRACKING_URI", None)
     with log.open("w") as out:
         server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-                                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                  env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *args],
+                                  cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + timeout
