@@ -91,6 +91,12 @@ class ProfilePaths:
         return self.root / "logs" / stage / f"{'-'.join(str(w) for w in wildcards)}.log"
 
 
+def seed_of(folder: str | Path) -> int | None:
+    """The training seed k of a `seed<k>` folder (train/<arm>/seed<k>, samples/<arm>/seed<k>), else None."""
+    name = Path(folder).name
+    return int(name[4:]) if name.startswith("seed") and name[4:].isdigit() else None
+
+
 def shard_files(pairs_dir: str | Path, shard: int | str) -> dict[str, Path]:
     """Pair shard `shard` in `pairs_dir`: its record (.json) and arrays (.images.npy, .labels.npy)."""
     pairs_dir = Path(pairs_dir)

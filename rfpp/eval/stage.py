@@ -41,7 +41,7 @@ from rfpp.eval.generate import (
     stem_of,
     write_samples,
 )
-from rfpp.paths import ProfilePaths
+from rfpp.paths import ProfilePaths, seed_of
 from rfpp.provenance import output_lock
 from rfpp.tracking import stage_run
 
@@ -98,11 +98,11 @@ def students(config: Config, checkpoint: str | Path | None = None, arm: str | No
     if checkpoint:
         cp = Path(checkpoint)
         folder = cp.parent
-        in_run = folder.name.startswith("seed") and folder.name[4:].isdigit() and folder.parent.parent.name == "train"
+        found = seed_of(folder) if folder.parent.parent.name == "train" else None
         if arm is None:
-            arm = folder.parent.name if in_run else cp.stem
+            arm = folder.parent.name if found is not None else cp.stem
         if seed is None:
-            seed = int(folder.name[4:]) if in_run else config.train.seeds[0]
+            seed = found if found is not None else config.train.seeds[0]
         return [(arm, seed, cp)]
     if arm is not None:
         check_arm(config, arm)
@@ -255,9 +255,9 @@ def run_fid(config: Config, *, arm: str | None = None, nfe: int | None = None, s
     paths = ProfilePaths.of(config.profile)
     if samples:
         folder = Path(samples).parent
-        in_run = folder.name.startswith("seed") and folder.name[4:].isdigit()
-        name = arm or (folder.parent.name if in_run else folder.name)
-        label = seed if seed is not None else int(folder.name[4:]) if in_run else config.train.seeds[0]
+        found = seed_of(folder)
+        name = arm or (folder.parent.name if found is not None else folder.name)
+        label = seed if seed is not None else found if found is not None else config.train.seeds[0]
         jobs = [(name, label, nfe, Path(samples))]
     else:
         targets = students(config, None, arm, seed)
