@@ -31,19 +31,13 @@ UpdateOpt = typer.Option(None, "--update", help="default (plain ODE step) or new
 def _errors() -> tuple[type[BaseException], ...]:
     """What a command reports as one line and exit 1 (anything else rfpp raises: cli/main.py's handler)."""
     from rfpp.checkpoints import CheckpointError
+    from rfpp.eval.errors import FIDError, ProtocolMismatchError
     from rfpp.eval.generate import SamplesError
     from rfpp.provenance import LockedError, ProvenanceError
     from rfpp.report import ReportError
 
-    errors: list[type[BaseException]] = [CheckpointError, SamplesError, LockedError, ProvenanceError, ReportError,
-                                         ValueError, FileNotFoundError, OSError]
-    try:
-        from rfpp.eval.fid import FIDError, ProtocolMismatchError
-
-        errors += [FIDError, ProtocolMismatchError]
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (CheckpointError, SamplesError, LockedError, ProvenanceError, ReportError, FIDError, ProtocolMismatchError,
+            ValueError, FileNotFoundError, OSError)
 
 
 def _numbers(text: str | None, kind: type, option: str) -> list | None:

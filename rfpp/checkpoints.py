@@ -23,6 +23,7 @@ from torch import nn
 
 from rfpp.atomic import atomic_write
 from rfpp.nets import ARCHITECTURES, EDMDenoiser, EDMVelocity, build_network
+from rfpp.nets.layers import uninitialised
 from rfpp.provenance import seal, verify_sealed
 
 FORMAT = "rfpp.model"
@@ -88,9 +89,9 @@ def listing(keys: list[str]) -> str:
 
 
 def load_state_strict(net: nn.Module, state: Mapping[str, torch.Tensor], source: str,
-                      error: type[Exception] = CheckpointError) -> None:
-    """net.load_state_dict(state, strict=True), or `error` naming the missing, unexpected and mis-shaped keys
-    (a checkpoint of another architecture or configuration) and what to do."""
+                      error: type[Exception] = CheckpointError, assign: bool = False) -> None:
+    """net.load_state_dict(state, strict=True, assign=assign), or `error` naming the missing, unexpected and
+    mis-shaped keys (a checkpoint of another architecture or configuration) and what to do."""
     expected = net.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -108,23 +109,20 @@ def load_state_strict(net: nn.Module, state: Mapping[str, torch.Tensor], source:
                     + "; ".join(parts) + ". The checkpoint is probably of another architecture or configuration: "
                     "use the one it was made with (model_channels, channel_mult, num_blocks, attn_resolutions, "
                     "label_dim, embedding_type, encoder_type, …).")
-    net.load_state_dict(state, strict=True, assign=any(t.is_meta for t in expected.values()))
+    net.load_state_dict(state, strict=True, assign=assign)
 
 
 def network_with_state(arch: str, net_kwargs: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: str,
                        error: type[Exception] = CheckpointError) -> nn.Module:
-    """The network `arch(**net_kwargs)` holding `state` (checked as `load_state_strict` does), built on the meta
-    device and given the state's tensors (cast to the network's dtypes): no random initialisation is drawn only to
-    be overwritten (2.7 s of CPU for ImageNet-64's ADM). The caller's global RNG is untouched."""
-    with torch.device("meta"):
+    """The network `arch(**net_kwargs)` holding `state` (checked as `load_state_strict` does; the state's tensors
+    are taken, cast to the network's dtypes, not copied): built uninitialised, so no random initialisation is drawn
+    only to be overwritten (2.7 s of CPU for ImageNet-64's ADM) and the caller's global RNG is untouched."""
+    with uninitialised():
         net = build_network(arch, **net_kwargs)
     expected = net.state_dict()
     state = {k: v.to(expected[k].dtype) if k in expected and v.dtype != expected[k].dtype else v
              for k, v in state.items()}
-    load_state_strict(net, state, source, error)  # assign: the meta tensors are replaced, not copied into
-    left = [name for name, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
-    if left:
-        raise error(f"{source}: {listing(left)} of the {arch} hold no weights after loading")
+    load_state_strict(net, state, source, error, assign=True)
     return net
 
 

@@ -128,3 +128,42 @@ def test_label_dropout_zeroes_labels_in_training():
     assert torch.allclose(dropped, net(x, c, torch.zeros_like(labels)))
     net.eval()
     assert not torch.allclose(net(x, c, labels), dropped)
+
+
+@pytest.mark.parametrize("name", NETWORK_CASES)
+def test_a_network_built_for_a_state_is_the_reference_network_and_draws_no_random_numbers(name):
+    """network_with_state (how every model file and training start is read) gives the reference's outputs, takes the
+    state's tensors and leaves the global RNG where it was (no initialisation is drawn to be overwritten)."""
+    from rfpp.checkpoints import network_with_state
+
+    ref = load_golden(name)
+    state = {k: v.clone() for k, v in ref["state_dict"].items()}
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    net = network_with_state(ref["arch"], ref["config"], state, name).double()
+    assert torch.equal(torch.get_rng_state(), before)
+    with torch.no_grad():
+        out = net(ref["x"], ref["noise_labels"], ref["class_labels"], ref["augment_labels"])
+    assert rel_err(out, ref["out"]) < 1e-6
+    torch.manual_seed(123)
+    drawn = build_network(ref["arch"], **ref["config"])  # a network built to train from scratch draws its init
+    assert not torch.equal(torch.get_rng_state(), before)
+    assert not all(torch.equal(drawn.state_dict()[k], v) for k, v in state.items())
+
+
+def test_reading_a_model_file_imports_no_compiler(tmp_path):
+    """A stage that only reads a model (pairs, sample) does not import torch._dynamo (1.2 s of CPU per process);
+    building networks on the meta device did, through the Python decompositions of its arithmetic."""
+    import subprocess
+    import sys
+
+    from rfpp.checkpoints import save_model
+
+    path = save_model(tmp_path / "m.pt", build_network("SongUNet", img_resolution=8, in_channels=1, out_channels=1,
+                                                       model_channels=8, channel_mult=[1], attn_resolutions=[],
+                                                       num_blocks=1))
+    code = ("import sys; from rfpp.checkpoints import load_model; from rfpp.eval.errors import FIDError; "
+            f"load_model({str(path)!r}); print(sorted(m for m in ('torch._dynamo', 'torchvision', 'torch_fidelity') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

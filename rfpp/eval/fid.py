@@ -48,6 +48,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 from rfpp.checkpoints import CheckpointError, file_sha256, safe_torch_load
 from rfpp.eval.digits_classifier import NAME as DIGITS_NAME
 from rfpp.eval.digits_classifier import STAND_IN_NOTE, load_feature_net
+from rfpp.eval.errors import FIDError, ProtocolMismatchError
 from rfpp.eval.kinds import FEATURE_NETS
 from rfpp.images import atomic_write, from_uint8
 
@@ -57,14 +58,6 @@ INCEPTION_URL: str = URL_INCEPTION_V3
 INCEPTION_FILENAME: str = URL_INCEPTION_V3.rsplit("/", 1)[-1]  # weights-inception-2015-12-05-6726825d.pth
 PROTOCOL_KEYS = ("metric", "feature_net", "feature_layer", "feature_net_sha256", "reference_sha256", "num_samples",
                  "torch_fidelity")
-
-
-class FIDError(RuntimeError):
-    """FID cannot be computed as asked (missing weights, mismatched statistics, too few samples…)."""
-
-
-class ProtocolMismatchError(ValueError):
-    """Two FID numbers measured under different protocols were about to be compared."""
 
 
 # ------------------------------------------------------------------------------------ digits extractor

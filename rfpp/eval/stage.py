@@ -249,7 +249,8 @@ def run_fid(config: Config, *, arm: str | None = None, nfe: int | None = None, s
     or the sets of `arm` (default every arm) and training seed `seed` (default every seed of train.seeds) at `nfe`
     (default every NFE of sample.nfe); one json per set with its full protocol and what made the samples.
     `skip_missing` passes over sets that do not exist. Returns the results."""
-    from rfpp.eval.fid import FIDError, feature_net_spec
+    from rfpp.eval.errors import FIDError
+    from rfpp.eval.fid import feature_net_spec
 
     ev = config.eval
     paths = ProfilePaths.of(config.profile)

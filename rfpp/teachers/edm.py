@@ -25,6 +25,7 @@ from torch import nn
 
 from rfpp.checkpoints import listing, load_state_strict
 from rfpp.nets import ARCHITECTURES, EDMDenoiser, build_network
+from rfpp.nets.layers import uninitialised
 from rfpp.teachers.denoisers import VEDenoiser, VPDenoiser
 from rfpp.teachers.download import download
 from rfpp.teachers.registry import TEACHERS
@@ -120,7 +121,8 @@ def _build_from_config(precond: str, config: dict[str, Any], where: str) -> tupl
                       out_channels=config["img_channels"], label_dim=config["label_dim"])
     net_kwargs.update({k: v for k, v in config.items() if k not in signature})
     try:
-        net = build_network(model_type, **net_kwargs)
+        with uninitialised():  # every tensor is then loaded from the snapshot (load_state_strict: no key missing)
+            net = build_network(model_type, **net_kwargs)
     except TypeError as e:
         raise TeacherLoadError(f"{where}: rfpp.nets.{model_type} cannot be built with the recorded arguments "
                                f"{net_kwargs}: {e}") from e
@@ -276,7 +278,8 @@ def load_state_dict_teacher(path: str | os.PathLike, arch: str, config: Mapping[
         for key in ("use_fp16", "sigma_min", "sigma_max", "model_type"):
             config.pop(key, None)
         try:
-            net = build_network(arch, **config)
+            with uninitialised():
+                net = build_network(arch, **config)
         except TypeError as e:
             raise TeacherLoadError(f"rfpp.nets.{arch} cannot be built from config {config}: {e}") from e
     load_state_strict(net, state_dict, str(path), error=TeacherLoadError)
