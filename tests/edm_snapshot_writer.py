@@ -256,13 +256,16 @@ def randomize_zero_init_(net: nn.Module, seed: int = 0, gain: float = 0.3) -> nn
     return net
 
 
-def write_release_snapshot(path: str | Path, spec: Any, sentinel: str | Path, seed: int = 0) -> tuple[Path, nn.Module]:
+def write_release_snapshot(path: str | Path, spec: Any, sentinel: str | Path, seed: int = 0,
+                           **narrower: Any) -> tuple[Path, nn.Module]:
     """A random-weight stand-in for the released snapshot of `spec` (same architecture, resolution, channels,
     conditioning and preconditioning), in EDM's format: EDM's own initialisation drawn from `seed`, zero-initialised
-    layers made random (randomize_zero_init_) → (the file, the network written)."""
+    layers made random (randomize_zero_init_) → (the file, the network written). `narrower`: constructor arguments
+    that differ from the release's (e.g. model_channels, for a DAG that must run in seconds)."""
     from rfpp.nets import build_network
 
     model_type, net_kwargs, use_fp16 = edm_release_network(spec)
+    net_kwargs.update(narrower)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build_network(model_type, **net_kwargs)

@@ -10,10 +10,10 @@ Nothing is downloaded from the internet and nothing of rfpp is mocked:
 - VGG16 (LPIPS) and Inception (FID) are random-weight files in a temporary TORCH_HOME (tests/weight_files.py).
 
 ffhq64's DAG is afhq64's (same network, preconditioning and settings; only the data, the snapshot and the FID
-reference differ, which its own test checks before making its teacher). Each profile keeps its own settings except
-the counts (shrunk to seconds) and the switches a CPU cannot run in
-the time (see `smoke_params`). Marked slow: the four take several minutes on two CPU cores (ImageNet-64's ADM
-has 296M parameters).
+reference differ, which its own test checks before making its teacher). ImageNet-64's DAG runs its ADM at a third of
+the release's width (NARROWED); the release's own width is downloaded and converted by the teacher rule in a test of
+its own. Each profile keeps its own settings except the counts (shrunk to seconds) and the switches a CPU cannot run
+in the time (see `smoke_params`). Marked slow: together about three minutes on two CPU cores.
 """
 
 from __future__ import annotations
@@ -40,8 +40,14 @@ from rfpp.teachers.registry import fid_ref_spec, teacher_spec
 
 # Every real architecture's whole DAG, the longest first (tests/conftest.py runs these first). ffhq64 is afhq64 but
 # for its data, teacher snapshot and FID reference (test_ffhq64_…: checked, and its teacher made): the same DAG.
-PROFILES = ["imagenet64", "afhq64", "cifar10"]
+PROFILES = ["afhq64", "imagenet64", "cifar10"]
 SAME_DAG = {"ffhq64": "afhq64"}
+# The release's ImageNet-64 ADM has 296M parameters: on the CPU about 20 s per trained image pair and a 4.7 GB
+# training checkpoint per step. Its whole DAG runs the ADM at a third of that width (model_channels 64 for 192; every
+# other constructor argument the release's: four levels, three blocks a level, attention at 32/16/8 with 2-4 heads,
+# 1000 classes, dropout), about a ninth of the FLOPs; the release's own width is served, downloaded and converted by
+# the teacher rule (test_a_narrowed_profile_…).
+NARROWED = {"imagenet64": dict(model_channels=64)}
 
 
 def smoke_params(profile: str, teacher_url: str, reference_url: str) -> dict:
@@ -51,9 +57,7 @@ def smoke_params(profile: str, teacher_url: str, reference_url: str) -> dict:
     p["teacher"]["grid"] = 1  # count: a 1-sample preview grid instead of 64 ...
     p["teacher"]["grid_nfe"] = 1  # count: ... of 1 NFE instead of 15
     p["pairs"]["count"] = 2  # count: 2 pairs ...
-    # count: ... in 2 shards (ImageNet-64: 1; each shard loads its 296M-parameter teacher, ~14 s of CPU, and the
-    # other profiles' DAGs run the sharding) ...
-    p["pairs"]["num_shards"] = 1 if profile == "imagenet64" else 2
+    p["pairs"]["num_shards"] = 2  # count: ... in 2 shards ...
     p["pairs"]["batch"] = 1  # count: ... of one 1-pair chunk each (a shard takes whole chunks)
     p["pairs"]["steps"] = 2  # count: 2 Heun steps of EDM's sampler (3 NFE) instead of 18 / 40
     train = p["train"]
@@ -71,8 +75,6 @@ def smoke_params(profile: str, teacher_url: str, reference_url: str) -> dict:
         train["precision"] = "fp32"  # bf16/fp16 autocast on a CPU without native support: ~20x slower than fp32
     if train.get("compile"):
         train["compile"] = False  # torch.compile on a CPU builds C++ kernels for minutes
-    if profile == "imagenet64":  # count: one NFE (each sampling job loads and runs the 296M-parameter ADM; the
-        p["sample"]["nfe"] = [1]  # other profiles' DAGs sample at every NFE of their profile)
     p["sample"]["num_samples"] = 2  # count: 2 samples per NFE (FID needs at least 2) ...
     p["sample"]["batch"] = 2  # count: ... in one batch
     p["eval"]["reference"] = reference_url  # the EDM-format reference statistics, on 127.0.0.1
@@ -117,7 +119,8 @@ def test_whole_dag_of_the_real_profile_on_the_cpu(profile, smoke_dir, offline_to
     sentinel = smoke_dir / "executed"  # the snapshot's embedded module source would create it if run
     served = smoke_dir / "served"
     served.mkdir()
-    snapshot, net = write_release_snapshot(served / spec.filename, spec, sentinel)
+    narrower = NARROWED.get(profile, {})
+    snapshot, net = write_release_snapshot(served / spec.filename, spec, sentinel, **narrower)
     reference = reference_npz(served / ref_spec.filename)
     files = {f"/edm/pretrained/{spec.filename}": snapshot, f"/edm/fid-refs/{ref_spec.filename}": reference}
 
@@ -139,6 +142,7 @@ def test_whole_dag_of_the_real_profile_on_the_cpu(profile, smoke_dir, offline_to
     # teacher: the URL's snapshot, converted to the real architecture with its exact weights
     teacher, info = load_model(results / "teacher" / "teacher.pt")
     model_type, net_kwargs, _ = edm_release_network(spec)
+    net_kwargs.update(narrower)
     assert info["meta"]["source"] == teacher_url and info["meta"]["sha256"] == file_sha256(snapshot)
     assert info["arch"] == model_type == real["teacher"]["arch"]
     assert {k: info["net_kwargs"][k] for k in net_kwargs} == net_kwargs
@@ -224,17 +228,39 @@ def test_a_profile_whose_dag_is_another_ones_differs_only_in_names(profile, smok
         (twin_spec.arch, twin_spec.precond, twin_spec.resolution, twin_spec.conditional)
     assert mine["eval"]["reference"] == fid_ref_spec(spec.fid_ref).url
 
+    teacher_rule_alone(profile, smoke_dir, offline_torch_home)
+
+
+@pytest.mark.slow
+@pytest.mark.real_profile_dag
+@pytest.mark.parametrize("profile", sorted(NARROWED))
+def test_a_narrowed_profile_converts_the_release_width_of_its_teacher(profile, smoke_dir, offline_torch_home):
+    """The whole-DAG test runs this profile's network narrower (NARROWED); the release's own width (ImageNet-64: the
+    296M-parameter ADM, a 1.2 GB snapshot) is served, downloaded and converted here with its exact weights."""
+    teacher_rule_alone(profile, smoke_dir, offline_torch_home)
+
+
+def teacher_rule_alone(profile: str, smoke_dir: Path, torch_home: Path) -> None:
+    """The teacher rule of `profile` alone, on a stand-in of its released snapshot at the release's width served from
+    127.0.0.1 under the real file name: fetched once, converted to the release's architecture with its exact weights,
+    no code in the snapshot run."""
+    spec = teacher_spec(yaml.safe_load((ROOT / "params" / f"{profile}.yaml").read_text())["teacher"]["source"])
+    sentinel = smoke_dir / "executed"
     served = smoke_dir / "served"
     served.mkdir()
-    snapshot, net = write_release_snapshot(served / spec.filename, spec, smoke_dir / "executed")
+    snapshot, net = write_release_snapshot(served / spec.filename, spec, sentinel)
     with LocalFileServer({f"/edm/pretrained/{spec.filename}": snapshot}) as server:
         url = server.url(f"/edm/pretrained/{spec.filename}")
         work = make_workspace(smoke_dir, {profile: smoke_params(profile, url, "unused")})
         target = f"results/{profile}/teacher/teacher.pt"
         log = run([SNAKEMAKE, target, "--cores", "2", "--config", f"profile={profile}"], cwd=work, timeout=600,
-                  TORCH_HOME=str(offline_torch_home))
+                  TORCH_HOME=str(torch_home))
+        assert [path for path, _ in server.state.requests] == [f"/edm/pretrained/{spec.filename}"]
     assert "1 of 1 steps (100%) done" in log, log[-3000:]
+    assert not sentinel.exists(), "loading the snapshot executed code from it"
     teacher, info = load_model(work / target)
     assert info["meta"]["source"] == url and info["meta"]["sha256"] == file_sha256(snapshot)
+    model_type, net_kwargs, _ = edm_release_network(spec)
+    assert info["arch"] == model_type and {k: info["net_kwargs"][k] for k in net_kwargs} == net_kwargs
     teacher_state = teacher.denoiser.net.state_dict()
     assert all(torch.equal(teacher_state[k], v) for k, v in net.state_dict().items())
