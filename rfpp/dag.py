@@ -1,12 +1,14 @@
 """The pipeline's DAG, stated once: Snakemake's rules and DVC's stages both come from `pipeline()`.
 
-    teacher → [features] → pairs_shard × shards → pairs → train × arms × seeds → sample × arms × seeds × NFEs
-            → fid × arms × seeds × NFEs → report
+    teacher → [features] → pairs_shard × shards → pairs → train × arms × seeds → sample × arms × seeds
+            → fid × arms × seeds → report
 
-(no pair stages when pairs.source names a pair set made elsewhere: training reads its manifest).
+(no pair stages when pairs.source names a pair set made elsewhere: training reads its manifest). A sample job
+makes one student's sets at every NFE of sample.nfe (the student read once) and a fid job scores them: one process
+per arm and seed, not per NFE (each pays its imports, about 2 to 4 s of CPU, and a wait in a cluster's queue).
 
 Each `Stage` holds the one command its jobs run (`rfpp <stage> --profile <params file> …`), what they read and
-write (paths of rfpp.paths, with `{shard}`, `{arm}`, `{seed}`, `{nfe}` wildcards; seeds are train.seeds, shared
+write (paths of rfpp.paths, with `{shard}`, `{arm}`, `{seed}` wildcards; seeds are train.seeds, shared
 pairs and teacher), the values of those wildcards, and the
 profile sections that re-run it (rfpp.provenance.STAGE_SECTIONS, the same lists the outputs' fingerprints hold).
 workflow/rules/*.smk bind each rule to its stage; `rfpp dvc` writes dvc.yaml from the same list
@@ -30,7 +32,7 @@ from rfpp.paths import ProfilePaths
 @dataclass(frozen=True)
 class Stage:
     """One rule of Snakemake, one (foreach/matrix) stage of DVC. `command`, `deps` and `outs` are patterns whose
-    `{shard}`/`{arm}`/`{seed}`/`{nfe}` fields take the values of `over` (no fields: one job)."""
+    `{shard}`/`{arm}`/`{seed}` fields take the values of `over` (no fields: one job)."""
 
     name: str
     command: str
@@ -93,8 +95,9 @@ def pipeline(config: Config, params_file: str | Path, resume: bool = False) -> l
     manifest = str(paths.pair_set_manifest(config.pairs.source))
     shard = paths.shard_files("{shard}")
     student = str(paths.student("{arm}", "{seed}"))
-    samples = {k: str(v) for k, v in paths.sample_files("{arm}", "{seed}", "{nfe}").items()}
-    fid = str(paths.fid("{arm}", "{seed}", "{nfe}"))
+    samples = [str(f) for k in nfes for f in paths.sample_files("{arm}", "{seed}", k).values()]
+    sample_sets = tuple(str(paths.samples("{arm}", "{seed}", k)) for k in nfes)
+    fids = tuple(str(paths.fid("{arm}", "{seed}", k)) for k in nfes)
     gpus = config.train.gpus
     train_cmd = ("rfpp train" if gpus == 1 else
                  f"python -m rfpp.devices --gpus {gpus} -- torchrun --standalone --nproc_per_node {gpus} "
@@ -118,12 +121,11 @@ def pipeline(config: Config, params_file: str | Path, resume: bool = False) -> l
               f"{'--resume' if resume else '--restart'} --no-progress",
               (manifest, teacher, *([features] if perceptual else [])), (student,), {"arm": arms, "seed": seeds},
               sections="train", gpu=gpus),
-        Stage("sample", f"rfpp sample {rfpp} --arm {{arm}} --train-seed {{seed}} --nfe {{nfe}}", (student,),
-              (samples["npz"], samples["json"], samples["png"]), {"arm": arms, "seed": seeds, "nfe": nfes},
-              sections="sample", gpu=1),
-        Stage("fid", f"rfpp fid {rfpp} --arm {{arm}} --train-seed {{seed}} --nfe {{nfe}}",
-              (samples["npz"], *([features] if fid_features else [])), (fid,),
-              {"arm": arms, "seed": seeds, "nfe": nfes}, sections="fid", gpu=1, metrics=(fid,)),
+        Stage("sample", f"rfpp sample {rfpp} --arm {{arm}} --train-seed {{seed}}", (student,), tuple(samples),
+              {"arm": arms, "seed": seeds}, sections="sample", gpu=1),
+        Stage("fid", f"rfpp fid {rfpp} --arm {{arm}} --train-seed {{seed}}",
+              (*sample_sets, *([features] if fid_features else [])), fids,
+              {"arm": arms, "seed": seeds}, sections="fid", gpu=1, metrics=fids),
         Stage("report", f"rfpp report {rfpp}",
               tuple(str(p) for a, s, k in itertools.product(arms, seeds, nfes)
                     for p in (paths.fid(a, s, k), paths.sample_files(a, s, k)["json"])),
@@ -139,7 +141,7 @@ def _escape(text: str) -> str:
 
 def dvc_yaml(config: Config, params_file: str | Path, resume: bool = False) -> dict[str, Any]:
     """dvc.yaml's content for `config`'s pipeline: one stage per `Stage`, a `foreach` over its one wildcard or a
-    `matrix` over more (DVC names the jobs `train@rfpp-0`, `sample@rfpp-0-2`), the profile sections as `params`, the
+    `matrix` over more (DVC names the jobs `train@rfpp-0`, `sample@rfpp-0`), the profile sections as `params`, the
     FID json as metrics (cached: `dvc metrics diff` reads old revisions from the cache) and the report's figures
     as plots."""
     from rfpp.provenance import STAGE_SECTIONS

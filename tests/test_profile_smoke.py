@@ -134,7 +134,7 @@ def test_whole_dag_of_the_real_profile_on_the_cpu(profile, smoke_dir, offline_to
         assert sorted(path for path, _ in server.state.requests) == sorted(files)  # each fetched once
 
     arms, nfes, shards = list(params["train"]["arms"]), params["sample"]["nfe"], params["pairs"]["num_shards"]
-    jobs = 1 + shards + 1 + len(arms) + 2 * len(arms) * len(nfes) + 1 + 1  # teacher … report, all
+    jobs = 1 + shards + 1 + len(arms) + 2 * len(arms) + 1 + 1  # teacher … report, all (sample, fid: every NFE)
     assert f"{jobs} of {jobs} steps (100%) done" in log, log[-3000:]
     assert not sentinel.exists(), "loading the snapshot executed code from it"
     results = work / "results" / profile

@@ -121,8 +121,13 @@ def test_dry_run(profile):
     seeds = len(params["train"].get("seeds", [0]))  # a job per arm and training seed (digits: three seeds)
     digits = params["eval"]["feature_net"] == "digits-classifier"
     assert count == {"teacher": 1, "pairs_shard": params["pairs"]["num_shards"], "pairs": 1, "train": arms * seeds,
-                     "sample": arms * seeds * nfes, "fid": arms * seeds * nfes, "report": 1, "all": 1,
+                     "sample": arms * seeds, "fid": arms * seeds, "report": 1, "all": 1,
                      **({"features": 1} if digits else {})}
+    # one sample and one fid job per arm and seed, each with every NFE's outputs
+    for rule, per_nfe in (("sample", 3), ("fid", 1)):
+        outs = [j["output"] for j in jobs if j["rule"] == rule]
+        assert all(len(o) == per_nfe * nfes for o in outs), outs
+        assert all(f"nfe{k}" in " ".join(o) for o in outs for k in params["sample"]["nfe"])
     trained = sorted(o for j in jobs if j["rule"] == "train" for o in j["output"])
     assert trained == sorted(f"results/{profile}/train/{a}/seed{k}/final.pt" for a in params["train"]["arms"]
                              for k in params["train"].get("seeds", [0]))
@@ -266,9 +271,8 @@ def test_snakemake_and_dvc_make_the_same_jobs_for_every_profile(profile, profile
     params = yaml.safe_load((work / "params" / f"{profile}.yaml").read_text())
     shards = [j for j in dvc if j[0] == "pairs_shard"]
     assert len(shards) == params["pairs"]["num_shards"]  # e.g. cifar10's shards, no list kept by hand
-    seeds = params["train"].get("seeds", [0])  # a job per arm, training seed and NFE
-    assert len([j for j in dvc if j[0] == "fid"]) == \
-        len(params["train"]["arms"]) * len(seeds) * len(params["sample"]["nfe"])
+    seeds = params["train"].get("seeds", [0])  # a job per arm and training seed, each scoring every NFE
+    assert len([j for j in dvc if j[0] == "fid"]) == len(params["train"]["arms"]) * len(seeds)
     assert {j[1].split(" --train-seed ")[1].split()[0] for j in dvc if j[0] == "train"} == {str(k) for k in seeds}
 
 
@@ -367,8 +371,8 @@ def test_dvc_repro_metrics_plots_push_pull_and_an_experiment(tmp_path):
     work = _dvc_workspace(tmp_path, "/results/\n/dvc_plots/\n")
     _run([DVC, "remote", "add", "-d", "store", str(tmp_path / "store")], cwd=work)
     stages = dvc_stages(work)
-    assert {"teacher", "pairs", "pairs_shard@1", "train@rfpp-0", "train@rfpp-1", "sample@rfpp-1-1",
-            "fid@baseline-0-1", "report"} <= set(stages)
+    assert {"teacher", "pairs", "pairs_shard@1", "train@rfpp-0", "train@rfpp-1", "sample@rfpp-1",
+            "fid@baseline-0", "report"} <= set(stages)
 
     _run([DVC, "repro"], cwd=work, timeout=1200)
     report = (work / "results/tiny/report.md").read_text()

@@ -132,6 +132,7 @@ def run_sample(config: Config, *, arm: str | None = None, checkpoint: str | Path
     paths = ProfilePaths.of(config.profile)
     written = []
     for arm_name, train_seed, cp in targets:
+        student: tuple[torch.nn.Module, dict[str, Any]] | None = None  # read once for all its NFEs
         for k in nfes:
             spec = SamplingSpec.of(sc, k, class_labels)
             target = Path(out) if out else paths.samples(arm_name, train_seed, spec.network_evaluations)
@@ -142,21 +143,24 @@ def run_sample(config: Config, *, arm: str | None = None, checkpoint: str | Path
                     files = merge_shards(target, num_shards, fmt=sc.format, grid=sc.grid, grid_scale=sc.grid_scale)
                     log(f"merged {num_shards} shards into {files['samples']}")
                 else:
-                    files = _sample_set(config, spec, arm_name, train_seed, cp, part, shard, num_shards, device,
-                                        progress, log)
+                    student = student or load_student(cp, config)
+                    files = _sample_set(config, spec, arm_name, train_seed, cp, student, part, shard, num_shards,
+                                        device, progress, log)
             written.append(files)
     return written
 
 
-def _sample_set(config: Config, spec: SamplingSpec, arm: str, train_seed: int, checkpoint: Path, path: Path,
-                shard: int, num_shards: int, device: torch.device, progress: bool, log: Log) -> dict[str, Path]:
-    """One sample set (or one shard of it, as .npz without a grid) at `path`, under its MLflow run."""
+def _sample_set(config: Config, spec: SamplingSpec, arm: str, train_seed: int, checkpoint: Path,
+                student: tuple[torch.nn.Module, dict[str, Any]], path: Path, shard: int, num_shards: int,
+                device: torch.device, progress: bool, log: Log) -> dict[str, Path]:
+    """One sample set (or one shard of it, as .npz without a grid) at `path` from `student` (load_student of
+    `checkpoint`), under its MLflow run."""
     sc = config.sample
     n_eval = spec.network_evaluations
     with stage_run(_seeded(config, train_seed), "sample", arm, seed=train_seed,
                    run_name=f"sample-{arm}-seed{train_seed}-nfe{n_eval}") as run:
         run.log_params({"nfe": n_eval})
-        velocity, info = load_student(checkpoint, config)
+        velocity, info = student
         idx = shard_indices(spec.num_samples, shard, num_shards)
         images, labels, straightness = generate(velocity, spec, idx, device, progress=progress)
         meta = sample_meta(spec, info, checkpoint, straightness, shard, num_shards, device)

@@ -42,7 +42,6 @@ def section(rule):
 wildcard_constraints:
     arm="|".join(re.escape(arm) for arm in CFG.train.arms),
     seed=r"\d+",
-    nfe=r"\d+",
     shard=r"\d+",
 
 

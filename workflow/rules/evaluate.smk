@@ -1,5 +1,6 @@
 rule sample:
-    """Few-step samples of one arm and training seed at one NFE (.npz, with its metadata .json and grid .png beside it)."""
+    """Few-step samples of one arm and training seed at every NFE of sample.nfe (each set an .npz, with its metadata
+    .json and grid .png beside it), the student read once."""
     input:
         STAGES["sample"].deps,
     output:
@@ -17,7 +18,7 @@ rule sample:
 
 
 rule fid:
-    """FID of one sample set, with its full protocol, as json (DVC's metrics)."""
+    """FID of one arm and training seed's sample sets, one json per NFE with its full protocol (DVC's metrics)."""
     input:
         STAGES["fid"].deps,
     output:
