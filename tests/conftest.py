@@ -13,7 +13,7 @@ NETWORK_CASES = ["songunet_ncsnpp", "songunet_ddpmpp_cond", "dhariwalunet_cond"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The end-to-end runs (marked slow) first, the real profiles' DAGs (the longest: ImageNet-64's ADM first)
+    """The end-to-end runs (marked slow) first, the real profiles' DAGs (test_profile_smoke.PROFILES: the longest first)
     leading: with two workers (`make test`) the long runs start at once and the short tests fill in behind them,
     instead of a long run starting last and running alone (the suite takes as long as its busiest worker)."""
     def rank(item: pytest.Item) -> int:

@@ -42,11 +42,11 @@ from rfpp.teachers.registry import fid_ref_spec, teacher_spec
 # for its data, teacher snapshot and FID reference (test_ffhq64_…: checked, and its teacher made): the same DAG.
 PROFILES = ["afhq64", "imagenet64", "cifar10"]
 SAME_DAG = {"ffhq64": "afhq64"}
-# The release's ImageNet-64 ADM has 296M parameters: on the CPU about 20 s per trained image pair and a 4.7 GB
-# training checkpoint per step. Its whole DAG runs the ADM at a third of that width (model_channels 64 for 192; every
-# other constructor argument the release's: four levels, three blocks a level, attention at 32/16/8 with 2-4 heads,
-# 1000 classes, dropout), about a ninth of the FLOPs; the release's own width is served, downloaded and converted by
-# the teacher rule (test_a_narrowed_profile_…).
+# The release's ImageNet-64 ADM has 296M parameters: on the CPU about 20 s per training step of two image pairs
+# and a 4.7 GB training checkpoint per step. Its whole DAG runs the ADM at a third of that width (model_channels 64
+# for 192; every other constructor argument the release's: four levels, three blocks a level, attention at 32/16/8
+# with 2-4 heads, 1000 classes, dropout), about a ninth of the FLOPs; the release's own width is served, downloaded
+# and converted by the teacher rule (test_a_narrowed_profile_…).
 NARROWED = {"imagenet64": dict(model_channels=64)}
 
 
